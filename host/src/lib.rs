@@ -1,0 +1,15 @@
+//! Palisade: kernel events to sandboxed WebAssembly detectors, their alerts to outputs and
+//! responders. This crate is the whole daemon as a library; `main.rs` only parses the CLI.
+
+pub mod actions;
+pub mod alert;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod event;
+pub mod metrics;
+pub mod output;
+pub mod plugin;
+pub mod reload;
+pub mod telemetry;

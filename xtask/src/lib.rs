@@ -1,0 +1,1 @@
+//! Build tasks shared by the `xtask` binary and the host integration tests.
