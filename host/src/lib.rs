@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod alert;
+pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod daemon;

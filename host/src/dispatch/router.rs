@@ -1,0 +1,70 @@
+//! The router: the `EventSink` every source writes into. It shards by tgid (so one process's
+//! events stay in order on one worker) into bounded queues. A live source is never blocked: a
+//! full queue drops the event and counts it per plugin that would have received it.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::event::source::{Delivery, EventSink};
+use crate::event::Event;
+use crate::metrics::{DropCause, Metrics};
+use crate::plugin::registry::Registry;
+use crate::plugin::state::PipelineClock;
+
+pub struct Router {
+    shards: Vec<Sender<Arc<Event>>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    clock: Arc<PipelineClock>,
+    source: String,
+}
+
+impl Router {
+    pub fn new(
+        shards: Vec<Sender<Arc<Event>>>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        clock: Arc<PipelineClock>,
+        source: &str,
+    ) -> Self {
+        Self {
+            shards,
+            registry,
+            metrics,
+            clock,
+            source: source.to_string(),
+        }
+    }
+}
+
+impl EventSink for Router {
+    fn submit(&self, event: Event, delivery: Delivery) {
+        self.metrics.event_received(&self.source);
+        self.clock.observe(event.ts_ns);
+        let set = self.registry.snapshot();
+        // Cheap first filter on the union of subscribed kinds; workers do the exact match.
+        if !set.kinds.contains(event.kind()) || self.shards.is_empty() {
+            return;
+        }
+        let shard = &self.shards[event.process.pid as usize % self.shards.len()];
+        let event = Arc::new(event);
+        self.metrics.events_routed_total.inc();
+        match delivery {
+            Delivery::Backpressure => {
+                if shard.send(event).is_err() {
+                    self.metrics.event_dropped(DropCause::QueueFull);
+                }
+            }
+            Delivery::NeverBlock => match shard.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) | Err(TrySendError::Disconnected(event)) => {
+                    self.metrics.event_dropped(DropCause::QueueFull);
+                    for plugin in set.detectors.iter().filter(|p| p.interest.matches(&event)) {
+                        self.metrics.plugin_queue_dropped(plugin.name());
+                    }
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! A dispatch worker: owns one instance per plugin (created on the first batch it routes to
+//! that plugin, released when idle, recreated after a failure), drains its queue into batches,
+//! and calls each subscribed detector once per batch under the plugin's budget.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::next_alert_id;
+use crate::alert::{Alert, Origin, Priority, HOST_ORIGIN};
+use crate::event::Event;
+use crate::plugin::bindings::types as wit;
+use crate::plugin::convert;
+use crate::plugin::instance::{CallError, FailureVerdict, Instance, LoadedPlugin};
+use crate::plugin::registry::Registry;
+
+/// Worker tuning.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub batch_max: usize,
+    /// Instances unused this long are dropped (an idle plugin costs only its compiled code).
+    pub idle_release: Duration,
+    pub hostname: String,
+}
+
+pub struct Worker {
+    id: usize,
+    registry: Arc<Registry>,
+    alerts: Sender<Alert>,
+    settings: WorkerSettings,
+    instances: HashMap<String, Instance>,
+    last_sweep: Instant,
+}
+
+impl Worker {
+    pub fn new(id: usize, registry: Arc<Registry>, alerts: Sender<Alert>, settings: WorkerSettings) -> Self {
+        Self {
+            id,
+            registry,
+            alerts,
+            settings,
+            instances: HashMap::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// Runs until every sender of `queue` is gone and the queue is drained.
+    pub fn run(mut self, queue: Receiver<Arc<Event>>) {
+        let mut batch: Vec<Arc<Event>> = Vec::with_capacity(self.settings.batch_max);
+        loop {
+            match queue.recv_timeout(Duration::from_millis(250)) {
+                Ok(event) => batch.push(event),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sweep_idle();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Natural batching: take what is already queued, never wait for more.
+            while batch.len() < self.settings.batch_max {
+                match queue.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.process(&batch);
+            batch.clear();
+            if self.last_sweep.elapsed() > Duration::from_secs(1) {
+                self.sweep_idle();
+            }
+        }
+        tracing::debug!(worker = self.id, "dispatch worker finished");
+    }
+
+    fn sweep_idle(&mut self) {
+        self.last_sweep = Instant::now();
+        let idle = self.settings.idle_release;
+        self.instances.retain(|_, inst| inst.last_used.elapsed() < idle);
+    }
+
+    /// Calls every subscribed detector once with its share of `batch`.
+    pub fn process(&mut self, batch: &[Arc<Event>]) {
+        let set = self.registry.snapshot();
+        // Drop instances of plugins that were removed or replaced.
+        self.instances.retain(|name, inst| {
+            set.detectors
+                .iter()
+                .any(|p| p.name() == name && p.generation == inst.generation)
+        });
+        let mut full: Option<wit::EventBatch> = None;
+        let mut subset_cache: Option<(Vec<usize>, wit::EventBatch)> = None;
+        for plugin in &set.detectors {
+            let indices: Vec<usize> = (0..batch.len()).filter(|&i| plugin.interest.matches(&batch[i])).collect();
+            if indices.is_empty() {
+                continue;
+            }
+            let metrics = Arc::clone(self.registry.metrics());
+            if plugin.health.is_quarantined() {
+                for _ in &indices {
+                    metrics.plugin_queue_dropped(plugin.name());
+                }
+                continue;
+            }
+            let wit_batch: &wit::EventBatch = if indices.len() == batch.len() {
+                full.get_or_insert_with(|| convert::wit_batch(batch.iter()))
+            } else {
+                if subset_cache.as_ref().is_none_or(|(idx, _)| *idx != indices) {
+                    let events = indices.iter().map(|&i| &batch[i]);
+                    subset_cache = Some((indices.clone(), convert::wit_batch(events)));
+                }
+                match &subset_cache {
+                    Some((_, b)) => b,
+                    None => continue,
+                }
+            };
+            let started = Instant::now();
+            let result = self.call(plugin, wit_batch);
+            metrics.plugin_call(plugin.name(), started.elapsed());
+            match result {
+                Ok(alerts) => {
+                    plugin.health.record_success();
+                    self.emit(plugin, alerts, batch, &indices);
+                }
+                Err(err) => self.failed(plugin, &err),
+            }
+        }
+    }
+
+    fn call(&mut self, plugin: &LoadedPlugin, batch: &wit::EventBatch) -> Result<Vec<wit::Alert>, CallError> {
+        let instance = match self.instances.entry(plugin.name().to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Instance::start(self.registry.engine(), plugin)?),
+        };
+        let result = instance.on_events(batch, plugin.limits.deadline);
+        if result.is_err() {
+            // The Store is poisoned after a trap: the next batch gets a fresh instance.
+            self.instances.remove(plugin.name());
+        }
+        result
+    }
+
+    fn emit(&self, plugin: &LoadedPlugin, alerts: Vec<wit::Alert>, batch: &[Arc<Event>], indices: &[usize]) {
+        let metrics = self.registry.metrics();
+        let max = plugin.limits.max_alerts_per_batch;
+        if alerts.len() > max {
+            tracing::warn!(plugin = plugin.name(), returned = alerts.len(), max, "plugin returned too many alerts; extra alerts dropped");
+        }
+        for alert in alerts.into_iter().take(max) {
+            if plugin.overrides.disabled_rules.iter().any(|r| *r == alert.rule) {
+                continue;
+            }
+            let priority = plugin
+                .overrides
+                .priorities
+                .iter()
+                .find(|(rule, _)| *rule == alert.rule)
+                .map(|(_, p)| *p)
+                .unwrap_or_else(|| convert::priority(alert.priority));
+            let event = indices.get(alert.event_index as usize).map(|&i| Arc::clone(&batch[i]));
+            if event.is_none() {
+                tracing::warn!(plugin = plugin.name(), rule = %alert.rule, index = alert.event_index, "alert names an event outside its batch");
+            }
+            let alert = Alert {
+                id: next_alert_id(),
+                ts_ns: crate::plugin::state::wall_now_ns(),
+                rule: alert.rule,
+                priority,
+                message: alert.message,
+                tags: alert.tags,
+                fields: alert.fields,
+                plugin: Origin {
+                    name: plugin.name().to_string(),
+                    version: plugin.info.version.clone(),
+                },
+                hostname: self.settings.hostname.clone(),
+                event,
+            };
+            if self.alerts.send(alert).is_err() {
+                metrics.event_dropped(crate::metrics::DropCause::QueueFull);
+            }
+        }
+    }
+
+    fn failed(&self, plugin: &LoadedPlugin, err: &CallError) {
+        report_failure(&self.registry, &self.alerts, &self.settings.hostname, plugin, err);
+    }
+}
+
+/// Logs, counts and, on quarantine, raises `palisade.plugin_failure`. Shared by the detector
+/// workers and the responder bus.
+pub fn report_failure(registry: &Registry, alerts: &Sender<Alert>, hostname: &str, plugin: &LoadedPlugin, err: &CallError) {
+    let metrics = registry.metrics();
+    metrics.plugin_failure(plugin.name(), err.cause.metric());
+    tracing::error!(plugin = plugin.name(), version = %plugin.info.version, cause = err.cause.as_str(), detail = %err.detail, "plugin call failed; instance will be recreated");
+    if let FailureVerdict::Quarantined(backoff) = plugin.health.record_failure(&plugin.failure) {
+        metrics.plugin_quarantined(plugin.name());
+        let backoff_desc = if backoff == Duration::MAX {
+            "disabled until reloaded".to_string()
+        } else {
+            format!("retried in {} ms", backoff.as_millis())
+        };
+        tracing::error!(plugin = plugin.name(), cause = err.cause.as_str(), backoff = %backoff_desc, "plugin quarantined after repeated failures");
+        let alert = Alert {
+            id: next_alert_id(),
+            ts_ns: crate::plugin::state::wall_now_ns(),
+            rule: "palisade.plugin_failure".into(),
+            priority: Priority::Error,
+            message: format!(
+                "plugin {} {} quarantined after {} consecutive failures (last: {}); {}",
+                plugin.name(),
+                plugin.info.version,
+                plugin.failure.max_consecutive,
+                err,
+                backoff_desc
+            ),
+            tags: vec!["palisade".into(), "plugin_health".into()],
+            fields: vec![
+                ("plugin".into(), plugin.name().to_string()),
+                ("plugin_version".into(), plugin.info.version.clone()),
+                ("cause".into(), err.cause.as_str().to_string()),
+                ("detail".into(), err.detail.clone()),
+            ],
+            plugin: Origin {
+                name: HOST_ORIGIN.into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            hostname: hostname.to_string(),
+            event: None,
+        };
+        let _ = alerts.send(alert);
+    }
+}

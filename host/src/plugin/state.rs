@@ -1,0 +1,267 @@
+//! Per-plugin durable state behind the WIT `state` interface: a bounded key/value map with TTLs
+//! and atomic counters. Owned by the host and keyed by plugin name, so it survives instance
+//! recycling, traps and hot reloads. Time comes from the pipeline clock (event time in replay).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Limits of one plugin's state.
+#[derive(Debug, Clone, Copy)]
+pub struct StateLimits {
+    pub max_keys: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self {
+            max_keys: 100_000,
+            max_key_bytes: 512,
+            max_value_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateError {
+    TooLarge,
+    QuotaExceeded,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Vec<u8>),
+    Counter(i64),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Value,
+    expires_ns: Option<u64>,
+}
+
+/// The host's notion of "now". Live: the wall clock. Replay: the newest event timestamp seen,
+/// so TTLs and windows behave as when the events were recorded.
+#[derive(Debug, Default)]
+pub struct PipelineClock {
+    event_time_ns: AtomicU64,
+    follow_events: bool,
+}
+
+impl PipelineClock {
+    pub fn wall() -> Self {
+        Self {
+            event_time_ns: AtomicU64::new(0),
+            follow_events: false,
+        }
+    }
+
+    pub fn event_time() -> Self {
+        Self {
+            event_time_ns: AtomicU64::new(0),
+            follow_events: true,
+        }
+    }
+
+    /// Records that an event with timestamp `ts_ns` entered the pipeline.
+    pub fn observe(&self, ts_ns: u64) {
+        if self.follow_events {
+            self.event_time_ns.fetch_max(ts_ns, Ordering::Relaxed);
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        let event_time = self.event_time_ns.load(Ordering::Relaxed);
+        if self.follow_events && event_time != 0 {
+            return event_time;
+        }
+        wall_now_ns()
+    }
+}
+
+pub fn wall_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// One plugin's state map.
+#[derive(Debug)]
+pub struct StateStore {
+    entries: Mutex<HashMap<String, Entry>>,
+    limits: StateLimits,
+    clock: Arc<PipelineClock>,
+}
+
+impl StateStore {
+    pub fn new(limits: StateLimits, clock: Arc<PipelineClock>) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            limits,
+            clock,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave the map inconsistent (single inserts),
+        // so a poisoned lock is still usable.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live<'a>(entries: &'a mut HashMap<String, Entry>, key: &str, now: u64) -> Option<&'a mut Entry> {
+        let expired = entries
+            .get(key)
+            .is_some_and(|e| e.expires_ns.is_some_and(|t| t <= now));
+        if expired {
+            entries.remove(key);
+            return None;
+        }
+        entries.get_mut(key)
+    }
+
+    fn make_room(&self, entries: &mut HashMap<String, Entry>, now: u64) -> Result<(), StateError> {
+        if entries.len() < self.limits.max_keys {
+            return Ok(());
+        }
+        entries.retain(|_, e| e.expires_ns.is_none_or(|t| t > now));
+        if entries.len() < self.limits.max_keys {
+            Ok(())
+        } else {
+            Err(StateError::QuotaExceeded)
+        }
+    }
+
+    fn expiry(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
+        ttl_ms.map(|ms| now.saturating_add(ms.saturating_mul(1_000_000)))
+    }
+
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = self.clock.now_ns();
+        let mut entries = self.lock();
+        match &Self::live(&mut entries, key, now)?.value {
+            Value::Bytes(b) => Some(b.clone()),
+            Value::Counter(n) => Some(n.to_string().into_bytes()),
+        }
+    }
+
+    pub fn set(&self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), StateError> {
+        if key.len() > self.limits.max_key_bytes || value.len() > self.limits.max_value_bytes {
+            return Err(StateError::TooLarge);
+        }
+        let now = self.clock.now_ns();
+        let mut entries = self.lock();
+        if Self::live(&mut entries, key, now).is_none() {
+            self.make_room(&mut entries, now)?;
+        }
+        entries.insert(
+            key.to_string(),
+            Entry {
+                value: Value::Bytes(value),
+                expires_ns: Self::expiry(now, ttl_ms),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn delete(&self, key: &str) -> bool {
+        let now = self.clock.now_ns();
+        let mut entries = self.lock();
+        let existed = Self::live(&mut entries, key, now).is_some();
+        entries.remove(key);
+        existed
+    }
+
+    /// Adds `delta` to a counter; a TTL applies from the counter's creation (fixed window).
+    pub fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StateError> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(StateError::TooLarge);
+        }
+        let now = self.clock.now_ns();
+        let mut entries = self.lock();
+        if let Some(entry) = Self::live(&mut entries, key, now) {
+            let current = match &entry.value {
+                Value::Counter(n) => *n,
+                Value::Bytes(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0),
+            };
+            let next = current.saturating_add(delta);
+            entry.value = Value::Counter(next);
+            return Ok(next);
+        }
+        self.make_room(&mut entries, now)?;
+        entries.insert(
+            key.to_string(),
+            Entry {
+                value: Value::Counter(delta),
+                expires_ns: Self::expiry(now, ttl_ms),
+            },
+        );
+        Ok(delta)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_keys: usize) -> (StateStore, Arc<PipelineClock>) {
+        let clock = Arc::new(PipelineClock::event_time());
+        clock.observe(1_000_000_000);
+        let limits = StateLimits {
+            max_keys,
+            ..StateLimits::default()
+        };
+        (StateStore::new(limits, Arc::clone(&clock)), clock)
+    }
+
+    #[test]
+    fn ttl_follows_the_pipeline_clock() {
+        let (s, clock) = store(10);
+        s.set("k", b"v".to_vec(), Some(5)).unwrap();
+        assert_eq!(s.get("k"), Some(b"v".to_vec()));
+        clock.observe(1_000_000_000 + 4_000_000);
+        assert!(s.get("k").is_some());
+        clock.observe(1_000_000_000 + 5_000_000);
+        assert_eq!(s.get("k"), None);
+    }
+
+    #[test]
+    fn counters_are_fixed_windows() {
+        let (s, clock) = store(10);
+        assert_eq!(s.incr("c", 1, Some(10)).unwrap(), 1);
+        assert_eq!(s.incr("c", 2, Some(10)).unwrap(), 3);
+        clock.observe(1_000_000_000 + 10_000_000);
+        assert_eq!(s.incr("c", 1, Some(10)).unwrap(), 1);
+        assert_eq!(s.get("c"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn quota_and_size_limits() {
+        let (s, clock) = store(2);
+        s.set("a", vec![], None).unwrap();
+        s.set("b", vec![], Some(1)).unwrap();
+        assert_eq!(s.set("c", vec![], None), Err(StateError::QuotaExceeded));
+        // Overwriting an existing key needs no room.
+        s.set("a", vec![1], None).unwrap();
+        // Expired keys are reclaimed.
+        clock.observe(1_000_000_000 + 2_000_000);
+        s.set("c", vec![], None).unwrap();
+        assert_eq!(s.set(&"k".repeat(600), vec![], None), Err(StateError::TooLarge));
+        assert!(s.delete("c"));
+        assert!(!s.delete("c"));
+    }
+}
