@@ -476,3 +476,143 @@ fn follow_starts_over_when_the_file_is_truncated() {
     runner.join().unwrap().unwrap();
     assert_eq!(sink.timestamps(), vec![1, 2, 3, 4]);
 }
+
+// ---- bundled example files and the schema document ----
+
+fn repo_path(relative: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+fn replay_file(relative: &str) -> (Vec<Event>, Vec<palisade::event::replay::BadLine>) {
+    let mut source = ReplaySource::new(vec![ReplayInput::File(repo_path(relative))]);
+    let stats = source.stats();
+    let sink = CollectingSink::default();
+    source.run(&sink, &StopFlag::default()).unwrap();
+    let events = sink
+        .events
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    (events, stats.bad_lines())
+}
+
+/// Checks what a reader of the story relies on: time order and coherent process records.
+fn assert_consistent(name: &str, events: &[Event]) {
+    let mut last_ts = 0;
+    for (i, event) in events.iter().enumerate() {
+        let p = &event.process;
+        assert!(event.ts_ns >= last_ts, "{name} event {i}: time goes back");
+        last_ts = event.ts_ns;
+        assert!(
+            p.pid != 0 && p.tid != 0,
+            "{name} event {i}: pid/tid missing"
+        );
+        assert!(!p.comm.is_empty() && !p.exe.is_empty(), "{name} event {i}");
+        if let Some(parent) = p.ancestors.first() {
+            assert_eq!(
+                parent.pid, p.ppid,
+                "{name} event {i}: ancestors[0] is the parent"
+            );
+        }
+        if let EventData::Exec(exec) = &event.data {
+            assert_eq!(
+                exec.args, p.args,
+                "{name} event {i}: exec args are the new image's"
+            );
+        }
+        if let Some(id) = &p.container_id {
+            assert!(
+                id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{name} event {i}: containerd ids are 64 hex digits"
+            );
+        }
+    }
+}
+
+#[test]
+fn bundled_demo_and_benign_files_are_clean_and_cover_every_kind() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for name in [
+        "examples/events/demo-attack.jsonl",
+        "examples/events/benign.jsonl",
+    ] {
+        let (events, bad) = replay_file(name);
+        assert!(bad.is_empty(), "{name}: {bad:?}");
+        assert!(events.len() >= 30, "{name}: {} events", events.len());
+        assert_consistent(name, &events);
+        // Every event survives a write and re-read in the schema.
+        for event in &events {
+            let line = serde_json::to_string(event).unwrap();
+            assert_eq!(&parse_event_line(&line).unwrap(), event);
+        }
+        kinds.extend(events.iter().map(Event::kind));
+    }
+    let all: std::collections::BTreeSet<_> = palisade::event::EventKind::ALL.into_iter().collect();
+    assert_eq!(kinds, all, "the samples show every kind");
+}
+
+#[test]
+fn demo_attack_tells_the_story_the_detectors_look_for() {
+    let (events, _) = replay_file("examples/events/demo-attack.jsonl");
+    let has = |pred: &dyn Fn(&Event) -> bool| events.iter().any(pred);
+    // A shell exec'd under php-fpm.
+    assert!(has(
+        &|e| matches!(&e.data, EventData::Exec(x) if x.args.first().map(String::as_str) == Some("sh"))
+            && e.process
+                .ancestors
+                .first()
+                .is_some_and(|a| a.comm.starts_with("php-fpm"))
+    ));
+    // A socket dup'd onto 0, 1 and 2, then `bash -i` in the same process.
+    for fd in 0..3 {
+        assert!(has(&|e| e.process.pid == 4103
+            && matches!(e.data, EventData::FdDup { newfd, target_kind: palisade::event::FdTargetKind::Socket, .. } if newfd == fd)));
+    }
+    assert!(has(&|e| e.process.pid == 4103
+        && matches!(&e.data, EventData::Exec(x) if x.args == ["bash", "-i"])));
+    // /etc/shadow read by cat (bad) and by sshd (allowlisted).
+    for comm in ["cat", "sshd"] {
+        assert!(has(&|e| e.process.comm == comm
+            && matches!(&e.data, EventData::FileOpen(f) if f.path == "/etc/shadow")));
+    }
+    for path in ["/etc/passwd", "/etc/sudoers.d/99-backdoor"] {
+        assert!(has(
+            &|e| matches!(&e.data, EventData::FileOpen(f) if f.path == path && f.flags & 3 != 0)
+        ));
+    }
+}
+
+#[test]
+fn bundled_bad_lines_file_reports_the_documented_lines() {
+    let (events, bad) = replay_file("examples/events/bad-lines.jsonl");
+    assert_eq!(events.len(), 4);
+    let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+    assert_eq!(lines, vec![5, 7, 8, 10, 11]);
+}
+
+#[test]
+fn every_example_in_docs_events_md_parses() {
+    let text = std::fs::read_to_string(repo_path("docs/events.md")).unwrap();
+    let mut in_block = false;
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut count = 0;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_block = line.trim() == "```jsonl";
+            continue;
+        }
+        if in_block && line.starts_with('{') {
+            let event = parse_event_line(line)
+                .unwrap_or_else(|e| panic!("docs/events.md example {line}: {e}"));
+            kinds.insert(event.kind());
+            count += 1;
+        }
+    }
+    assert!(count > 0);
+    let all: std::collections::BTreeSet<_> = palisade::event::EventKind::ALL.into_iter().collect();
+    assert_eq!(kinds, all, "docs/events.md shows an example of every kind");
+}
