@@ -450,3 +450,34 @@ pub fn run_source(source: &mut dyn EventSource, pipeline: &Pipeline, stop: &Stop
     let sink = pipeline.sink();
     Ok(source.run(sink.as_ref(), stop)?)
 }
+
+/// Sets `stop` on SIGINT or SIGTERM. Signals are blocked in every thread started after this
+/// call and taken synchronously by one thread with `sigwait`, so no handler runs in an
+/// arbitrary thread.
+pub fn stop_on_signals(stop: StopFlag) -> Option<JoinHandle<()>> {
+    // SAFETY: plain libc signal-set manipulation on a zeroed sigset_t we own.
+    #[expect(unsafe_code, reason = "signal mask setup through libc")]
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("palisade-signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is a valid, initialised signal set; `signal` is a valid out pointer.
+            #[expect(unsafe_code, reason = "sigwait through libc")]
+            let rc = unsafe { libc::sigwait(&set, &mut signal) };
+            if rc == 0 {
+                tracing::info!(signal, "stopping on signal");
+                stop.stop();
+            }
+        })
+        .ok()
+}
