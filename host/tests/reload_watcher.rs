@@ -342,6 +342,21 @@ fn a_sidecar_written_before_its_wasm_is_loaded_with_it() {
 }
 
 #[test]
+fn a_bad_sidecar_is_skipped_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("good.wasm"), b"good").unwrap();
+    fs::write(dir.path().join("bad.wasm"), b"bad").unwrap();
+    fs::write(dir.path().join("bad.toml"), [0xff, 0xfe]).unwrap();
+    let (_watcher, rx) = start(dir.path());
+    assert_eq!(expect_upsert(&rx, TAKES_EFFECT).stem, "good");
+    expect_nothing(&rx, QUIET);
+    atomic_write(dir.path(), "bad.toml", b"a = 1\n");
+    let snapshot = expect_upsert(&rx, TAKES_EFFECT);
+    assert_eq!(snapshot.stem, "bad");
+    assert_eq!(snapshot.sidecar_text.as_deref(), Some("a = 1\n"));
+}
+
+#[test]
 fn a_missing_directory_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-plugins");
@@ -423,6 +438,9 @@ fn one_shot_load_and_reconcile() {
     fs::write(dir.path().join("a.toml"), "x = 1\n").unwrap();
     fs::write(dir.path().join("b.wasm"), b"b").unwrap();
     fs::write(dir.path().join(".c.wasm"), b"c").unwrap();
+    // A unit that cannot be read is left out (and logged), not fatal for the others.
+    fs::write(dir.path().join("d.wasm"), b"d").unwrap();
+    fs::write(dir.path().join("d.toml"), [0xff, 0xfe]).unwrap();
     let units = initial_units(dir.path()).unwrap();
     let stems: Vec<_> = units.iter().map(|unit| unit.stem.as_str()).collect();
     assert_eq!(stems, ["a", "b"]);
@@ -435,6 +453,7 @@ fn one_shot_load_and_reconcile() {
     assert!(reconcile(&applied, dir.path()).unwrap().is_empty());
     fs::write(dir.path().join("a.toml"), "x = 2\n").unwrap();
     fs::remove_file(dir.path().join("b.wasm")).unwrap();
+    fs::remove_file(dir.path().join("d.wasm")).unwrap();
     let changes: Vec<_> = reconcile(&applied, dir.path())
         .unwrap()
         .iter()

@@ -126,7 +126,8 @@ pub fn decide(
 
 /// One-shot reconcile of the whole directory against `previous` (stem → what was applied):
 /// reads every unit now, without waiting for files to settle, and returns the changes in stem
-/// order. A file caught mid-write fails the whole call with [`ReloadError::Unstable`].
+/// order. A file caught mid-write fails the whole call with [`ReloadError::Unstable`]; a unit
+/// that cannot be read (permissions, a non-UTF-8 sidecar) is logged and left as it was.
 pub fn reconcile(
     previous: &BTreeMap<String, AppliedUnit>,
     dir: &Path,
@@ -135,9 +136,15 @@ pub fn reconcile(
     let stems: BTreeSet<&String> = units.keys().chain(previous.keys()).collect();
     let mut changes = Vec::new();
     for stem in stems {
-        let current = match units.get(stem) {
-            Some(state) => read_unit(state)?,
+        let current = match units.get(stem).map(read_unit) {
             None => None,
+            Some(Ok(current)) => current,
+            Some(Err(error @ ReloadError::Unstable { .. })) => return Err(error),
+            // As in the watcher: an unreadable unit keeps what was applied (no change).
+            Some(Err(error)) => {
+                tracing::error!(plugin = %stem, %error, "cannot reload plugin; keeping the running version");
+                continue;
+            }
         };
         if let Some(change) = decide(stem, previous.get(stem), current) {
             changes.push(change);
@@ -148,7 +155,9 @@ pub fn reconcile(
 
 /// Loads every unit of `dir` once, for runs that do not watch (`palisade replay`). Files changed
 /// within the last moments are given time to settle first, and a file caught mid-write is read
-/// again, so a plugin being copied in is not loaded half-written.
+/// again, so a plugin being copied in is not loaded half-written. A unit that cannot be read
+/// (permissions, a sidecar that is not UTF-8) is logged and left out, as the watcher does; only
+/// a directory that cannot be listed, or a file that never stops changing, fails the call.
 pub fn initial_units(dir: &Path) -> Result<Vec<UnitSnapshot>, ReloadError> {
     let mut attempt = 0;
     loop {
@@ -180,7 +189,11 @@ pub fn initial_units(dir: &Path) -> Result<Vec<UnitSnapshot>, ReloadError> {
                     unstable = Some((path, reason));
                     break;
                 }
-                Err(error) => return Err(error),
+                // One unreadable unit (permissions, a non-UTF-8 sidecar) must not keep the
+                // others from loading; the watcher skips it the same way.
+                Err(error) => {
+                    tracing::error!(plugin = %state.stem, %error, "cannot load plugin; skipped");
+                }
             }
         }
         match unstable {
