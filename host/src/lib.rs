@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;
+#[cfg(feature = "ebpf")]
+pub mod ebpf;
 pub mod event;
 pub mod metrics;
 pub mod output;

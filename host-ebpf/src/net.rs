@@ -1,0 +1,181 @@
+//! Network events: connect (the sockaddr the caller passed), accept (the peer sockaddr the
+//! kernel wrote back, read at syscall exit; the user pointer is stashed per thread at entry),
+//! listen (`sock/inet_sock_set_state` to TCP_LISTEN, which runs in the caller's context and
+//! carries family, protocol and the bound address) and socket creation.
+
+use aya_ebpf::{
+    helpers::generated as h,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use palisade_common::{
+    AcceptStash, SockRecord, FLAG_READ_FAILED, KIND_NET_ACCEPT, KIND_NET_CONNECT, KIND_NET_LISTEN,
+    KIND_SOCKET,
+};
+
+use crate::{begin, file::arg, fill_header, process::emit_small, reserve, submit, DAEMON_TGID};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const TCP_LISTEN: i32 = 10;
+
+/// accept(4) entry arguments by thread id, consumed at exit.
+#[map]
+static ACCEPTS: LruHashMap<u32, AcceptStash> = LruHashMap::with_max_entries(4096, 0);
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    emit_sockaddr(KIND_NET_CONNECT, arg(&ctx, 1), arg(&ctx, 0) as i32);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    stash_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    stash_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn stash_accept(ctx: &TracePointContext) {
+    // SAFETY: helper without arguments.
+    let pid_tgid = unsafe { h::bpf_get_current_pid_tgid() };
+    if (pid_tgid >> 32) as u32 == DAEMON_TGID.load() {
+        return;
+    }
+    let stash = AcceptStash {
+        addr_ptr: arg(ctx, 1),
+        fd: arg(ctx, 0) as i32,
+        _pad: 0,
+    };
+    let _ = ACCEPTS.insert(&(pid_tgid as u32), &stash, 0);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    finish_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    finish_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn finish_accept(ctx: &TracePointContext) {
+    // SAFETY: helper without arguments.
+    let tid = unsafe { h::bpf_get_current_pid_tgid() } as u32;
+    let Some(stash) = ACCEPTS.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup; copied before the entry is removed.
+    let stash = unsafe { *stash };
+    let _ = ACCEPTS.remove(&tid);
+    // SAFETY: sys_exit_* records carry `long ret` at offset 16.
+    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
+    if ret < 0 {
+        return;
+    }
+    // The new connection's fd is more useful than the listening one.
+    emit_sockaddr(KIND_NET_ACCEPT, stash.addr_ptr, ret as i32);
+}
+
+/// Emits a `SockRecord` from a user `struct sockaddr` (family, port, IPv4/IPv6 address).
+#[inline(always)]
+fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
+    let Some(pid_tgid) = begin(kind) else {
+        return;
+    };
+    let Some(mut entry) = reserve::<SockRecord>(kind) else {
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is the live reservation; user reads are bounded copies into its fields.
+    unsafe {
+        fill_header(&raw mut (*r).hdr, kind, pid_tgid);
+        (*r).fd = fd;
+        (*r)._pad = 0;
+        (*r).protocol = 0;
+        (*r).sport = 0;
+        (*r).saddr = [0; 16];
+        (*r).daddr = [0; 16];
+        (*r).family = 0;
+        (*r).dport = 0;
+        // family (u16) and port (u16, network order) head every inet sockaddr.
+        let mut head: [u8; 4] = [0; 4];
+        if addr == 0 || h::bpf_probe_read_user((&raw mut head).cast(), 4, addr as *const _) < 0 {
+            if addr != 0 {
+                (*r).hdr.flags |= FLAG_READ_FAILED;
+            }
+        } else {
+            let family = u16::from_ne_bytes([head[0], head[1]]);
+            (*r).family = family;
+            if family == AF_INET || family == AF_INET6 {
+                (*r).dport = u16::from_be_bytes([head[2], head[3]]);
+                let (off, len) = if family == AF_INET { (4, 4) } else { (8, 16) };
+                if h::bpf_probe_read_user(
+                    (*r).daddr.as_mut_ptr().cast(),
+                    len,
+                    (addr + off) as *const _,
+                ) < 0
+                {
+                    (*r).hdr.flags |= FLAG_READ_FAILED;
+                }
+            }
+        }
+    }
+    submit(entry, kind);
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from sock/inet_sock_set_state/format.
+    let newstate = unsafe { ctx.read_at::<i32>(20).unwrap_or(0) };
+    if newstate != TCP_LISTEN {
+        return 0;
+    }
+    let Some(pid_tgid) = begin(KIND_NET_LISTEN) else {
+        return 0;
+    };
+    let Some(mut entry) = reserve::<SockRecord>(KIND_NET_LISTEN) else {
+        return 0;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is the live reservation; fields read at their format offsets (sport @24,
+    // family @28, protocol @30, saddr @32, saddr_v6 @40).
+    unsafe {
+        fill_header(&raw mut (*r).hdr, KIND_NET_LISTEN, pid_tgid);
+        let family = ctx.read_at::<u16>(28).unwrap_or(0);
+        (*r).family = family;
+        (*r).protocol = ctx.read_at::<u16>(30).unwrap_or(0);
+        (*r).sport = ctx.read_at::<u16>(24).unwrap_or(0);
+        (*r).dport = 0;
+        (*r).fd = -1;
+        (*r)._pad = 0;
+        (*r).daddr = [0; 16];
+        (*r).saddr = if family == AF_INET6 {
+            ctx.read_at::<[u8; 16]>(40).unwrap_or([0; 16])
+        } else {
+            let v4 = ctx.read_at::<[u8; 4]>(32).unwrap_or([0; 4]);
+            [
+                v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]
+        };
+    }
+    submit(entry, KIND_NET_LISTEN);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_socket")]
+pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
+    emit_small(KIND_SOCKET, [arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0]);
+    0
+}
