@@ -246,9 +246,11 @@ fn falco_format_has_exactly_falcosidekicks_keys_and_types() {
     assert_eq!(f["fd.rip"], "203.0.113.66");
     assert_eq!(f["fd.rport"], 4444);
     assert_eq!(f["fd.l4proto"], "tcp");
-    // The plugin's own fields, under their keys; a plugin key wins over a derived one.
+    // The plugin's own fields, under their keys; a key derived from the event keeps the derived,
+    // typed value (plugins often send numbers as text).
     assert_eq!(f["remote"], "203.0.113.66:4444");
-    assert_eq!(f["fd.name"], "plugin-says-so");
+    assert_eq!(f["fd.name"], "172.17.0.5:51514->203.0.113.66:4444");
+    assert_eq!(f["proc.pid"], 4242);
     // Origin, which a plugin field cannot override.
     assert_eq!(f["palisade.plugin"], "shell-spawn");
     assert_eq!(f["palisade.plugin_version"], "0.1.0");

@@ -6,7 +6,8 @@
 //! `output_fields`, `source` (`"syscall"`), `tags`, `hostname`. `output_fields` uses Falco's field
 //! names where one exists (`evt.time`, `evt.type`, `proc.*`, `user.uid`, `container.id`,
 //! `fd.name`, ...), skips what Palisade does not know (no `user.name`, no `user.loginuid`), adds
-//! the plugin's own fields under their keys, and names the Palisade origin under `palisade.*`.
+//! the plugin's own fields under their keys (a key already derived from the event keeps the
+//! derived, typed value), and names the Palisade origin under `palisade.*`.
 //! Keys are sorted, as Falco prints them.
 
 use std::borrow::Cow;
@@ -101,6 +102,10 @@ impl<'a> OutputFields<'a> {
         }
     }
 
+    fn contains(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| *k == key)
+    }
+
     /// Sets `key` only when `value` is not empty: Falco leaves unknown fields out.
     fn set_text(&mut self, key: &'a str, value: &'a str) {
         if !value.is_empty() {
@@ -150,10 +155,13 @@ fn output_fields(alert: &Alert, ts_ns: u64) -> OutputFields<'_> {
     if let Some(event) = &alert.event {
         event_fields(event, &mut fields);
     }
-    // The plugin's fields go in under their own keys and win over derived ones: the plugin may
-    // know better (e.g. a resolved path).
+    // The plugin's fields go in under their own keys. Where a plugin reuses a key derived from
+    // the event (plugins often send `proc.pid` as text), the derived value stays: it comes from
+    // the event itself and has the type Falco consumers expect (`proc.pid` is a number).
     for (key, value) in dedup_fields(&alert.fields) {
-        fields.set(key, value);
+        if !fields.contains(key) {
+            fields.set(key, value);
+        }
     }
     // The origin is the host's statement and cannot be overridden by a plugin.
     fields.set("palisade.alert_id", alert.id.as_str());
