@@ -13,7 +13,11 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     // A packaged SDK carries its own copy in `sdk/wit`; in the repository the one contract is `../wit`.
     let local = manifest_dir.join("wit");
-    let wit = if local.join("plugin.wit").is_file() { local } else { manifest_dir.join("../wit") };
+    let wit = if local.join("plugin.wit").is_file() {
+        local
+    } else {
+        manifest_dir.join("../wit")
+    };
     let wit = fs::canonicalize(&wit).unwrap_or(wit);
     println!("cargo:rerun-if-changed={}", wit.display());
     println!("cargo:rerun-if-changed=src/export_macros.rs.in");

@@ -14,7 +14,10 @@ use crate::config::capability_name;
 impl ProcessTarget {
     /// The process an alert is about, pinned by its start time so a recycled pid is never hit.
     pub fn of(process: &Process) -> Self {
-        ProcessTarget { pid: process.pid, start_ns: Some(process.start_ns) }
+        ProcessTarget {
+            pid: process.pid,
+            start_ns: Some(process.start_ns),
+        }
     }
 }
 
@@ -47,7 +50,11 @@ use crate::bindings::palisade::plugin::actions as imp;
 use crate::testing::actions as imp;
 
 /// Sends `signal` to the process. `alert_id` ties the request to the alert in the audit log.
-pub fn kill_process(target: ProcessTarget, signal: u32, alert_id: &str) -> Result<Receipt, ActionError> {
+pub fn kill_process(
+    target: ProcessTarget,
+    signal: u32,
+    alert_id: &str,
+) -> Result<Receipt, ActionError> {
     imp::kill_process(target, signal, alert_id)
 }
 

@@ -40,7 +40,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Missing { key } => write!(f, "config key `{key}` is missing"),
-            ConfigError::WrongType { key, expected, found } => {
+            ConfigError::WrongType {
+                key,
+                expected,
+                found,
+            } => {
                 write!(f, "config key `{key}` must be {expected}, found {found}")
             }
             ConfigError::Invalid { key, reason } => write!(f, "config key `{key}`: {reason}"),
@@ -108,7 +112,11 @@ impl Config {
 
     /// The raw value of `key` (the last one when a key repeats).
     pub fn get(&self, key: &str) -> Option<&ConfigValue> {
-        self.entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// True when `key` is set.
@@ -165,7 +173,9 @@ impl Config {
                 expected: "text-list",
                 found: other.type_name(),
             }),
-            None => Err(ConfigError::Missing { key: key.to_string() }),
+            None => Err(ConfigError::Missing {
+                key: key.to_string(),
+            }),
         }
     }
 
@@ -187,7 +197,9 @@ impl Config {
                 expected: "float",
                 found: other.type_name(),
             }),
-            None => Err(ConfigError::Missing { key: key.to_string() }),
+            None => Err(ConfigError::Missing {
+                key: key.to_string(),
+            }),
         }
     }
 
@@ -269,7 +281,10 @@ mod tests {
         assert_eq!(c.text_list("list").unwrap(), vec!["a", "b"]);
         assert_eq!(c.text_list("name").unwrap(), vec!["y"]);
         assert_eq!(c.float("n").unwrap(), 5.0);
-        assert_eq!(c.priority_or("prio", Priority::Debug).unwrap(), Priority::Error);
+        assert_eq!(
+            c.priority_or("prio", Priority::Debug).unwrap(),
+            Priority::Error
+        );
     }
 
     #[test]
@@ -284,18 +299,38 @@ mod tests {
         let err = c.integer_or("name", 1).unwrap_err();
         assert_eq!(
             err,
-            ConfigError::WrongType { key: "name".into(), expected: "integer", found: "text" }
+            ConfigError::WrongType {
+                key: "name".into(),
+                expected: "integer",
+                found: "text"
+            }
         );
-        assert_eq!(err.to_string(), "config key `name` must be integer, found text");
+        assert_eq!(
+            err.to_string(),
+            "config key `name` must be integer, found text"
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
         let c = cfg();
-        assert_eq!(c.text("nope").unwrap_err().to_string(), "config key `nope` is missing");
-        let e = Config::default().with("p", "loud").priority_or("p", Priority::Error).unwrap_err();
-        assert!(e.to_string().starts_with("config key `p`: unknown priority `loud`"), "{e}");
-        let e = Config::default().with("n", -1).unsigned_or("n", 1).unwrap_err();
+        assert_eq!(
+            c.text("nope").unwrap_err().to_string(),
+            "config key `nope` is missing"
+        );
+        let e = Config::default()
+            .with("p", "loud")
+            .priority_or("p", Priority::Error)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config key `p`: unknown priority `loud`"),
+            "{e}"
+        );
+        let e = Config::default()
+            .with("n", -1)
+            .unsigned_or("n", 1)
+            .unwrap_err();
         assert!(e.to_string().contains("must not be negative"), "{e}");
         let s: String = Config::default().text("k").unwrap_err().into();
         assert!(s.contains("`k`"));
@@ -306,13 +341,19 @@ mod tests {
         let c = cfg();
         assert!(c.deny_unknown(&["name", "n", "on", "list", "prio"]).is_ok());
         let e = c.deny_unknown(&["name", "n"]).unwrap_err();
-        assert!(e.to_string().starts_with("config key `on`: unknown key"), "{e}");
+        assert!(
+            e.to_string().starts_with("config key `on`: unknown key"),
+            "{e}"
+        );
     }
 
     #[test]
     fn capability_names_parse() {
         let c = Config::default().with("cap", "kill_process");
         assert_eq!(c.capability("cap").unwrap(), Capability::KillProcess);
-        assert!(Config::default().with("cap", "fly").capability("cap").is_err());
+        assert!(Config::default()
+            .with("cap", "fly")
+            .capability("cap")
+            .is_err());
     }
 }

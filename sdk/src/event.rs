@@ -33,7 +33,11 @@ pub mod open_flags {
             O_RDWR => "O_RDWR",
             _ => "O_ACCMODE",
         }];
-        for (bit, name) in [(O_CREAT, "O_CREAT"), (O_TRUNC, "O_TRUNC"), (O_APPEND, "O_APPEND")] {
+        for (bit, name) in [
+            (O_CREAT, "O_CREAT"),
+            (O_TRUNC, "O_TRUNC"),
+            (O_APPEND, "O_APPEND"),
+        ] {
             if flags & bit != 0 {
                 parts.push(name);
             }
@@ -155,7 +159,10 @@ mod tests {
         assert!(is_write(O_CREAT));
         assert!(is_write(O_TRUNC));
         assert!(!is_write(0o2000000)); // O_CLOEXEC alone
-        assert_eq!(describe(O_WRONLY | O_CREAT | O_TRUNC), "O_WRONLY|O_CREAT|O_TRUNC");
+        assert_eq!(
+            describe(O_WRONLY | O_CREAT | O_TRUNC),
+            "O_WRONLY|O_CREAT|O_TRUNC"
+        );
         assert_eq!(describe(0), "O_RDONLY");
     }
 }

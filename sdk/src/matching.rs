@@ -85,7 +85,12 @@ pub struct PathSet {
 impl PathSet {
     /// Parses every pattern (see [`PathPattern::parse`]).
     pub fn new<S: AsRef<str>>(patterns: impl IntoIterator<Item = S>) -> Self {
-        PathSet { patterns: patterns.into_iter().map(|p| PathPattern::parse(p.as_ref())).collect() }
+        PathSet {
+            patterns: patterns
+                .into_iter()
+                .map(|p| PathPattern::parse(p.as_ref()))
+                .collect(),
+        }
     }
 
     /// The first pattern matching `path`.
@@ -167,7 +172,10 @@ impl NameSet {
                 names.push(e.to_string());
             }
         }
-        NameSet { names, exes: PathSet::new(exes) }
+        NameSet {
+            names,
+            exes: PathSet::new(exes),
+        }
     }
 
     /// True when the set is empty.
@@ -217,7 +225,10 @@ mod tests {
         assert!(glob_match("/etc/sudoers.d/*", "/etc/sudoers.d/"));
         assert!(!glob_match("/etc/sudoers.d/*", "/etc/sudoers.d"));
         assert!(glob_match("/home/*/.ssh/id_*", "/home/bob/.ssh/id_ed25519"));
-        assert!(!glob_match("/home/*/.ssh/id_*", "/home/bob/.ssh/known_hosts"));
+        assert!(!glob_match(
+            "/home/*/.ssh/id_*",
+            "/home/bob/.ssh/known_hosts"
+        ));
         assert!(glob_match("*", ""));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "ac"));
@@ -228,8 +239,14 @@ mod tests {
 
     #[test]
     fn pattern_kinds_parse_and_match() {
-        assert_eq!(PathPattern::parse("/etc/shadow"), PathPattern::Exact("/etc/shadow".into()));
-        assert_eq!(PathPattern::parse("/root/"), PathPattern::Prefix("/root/".into()));
+        assert_eq!(
+            PathPattern::parse("/etc/shadow"),
+            PathPattern::Exact("/etc/shadow".into())
+        );
+        assert_eq!(
+            PathPattern::parse("/root/"),
+            PathPattern::Prefix("/root/".into())
+        );
         assert!(matches!(PathPattern::parse("/a/*"), PathPattern::Glob(_)));
         let set = PathSet::new(["/etc/shadow", "/root/.ssh/", "/etc/sudoers.d/*"]);
         assert!(set.matches("/etc/shadow"));
@@ -237,12 +254,20 @@ mod tests {
         assert!(set.matches("/root/.ssh/authorized_keys"));
         assert!(set.matches("/etc/sudoers.d/x"));
         assert!(!set.matches("/etc/passwd"));
-        assert_eq!(set.find("/root/.ssh/x").map(PathPattern::as_str), Some("/root/.ssh/"));
+        assert_eq!(
+            set.find("/root/.ssh/x").map(PathPattern::as_str),
+            Some("/root/.ssh/")
+        );
     }
 
     #[test]
     fn subscription_predicates_cover_every_pattern() {
-        let set = PathSet::new(["/etc/shadow", "/root/.ssh/", "/etc/sudoers.d/*", "/home/*/.ssh/*"]);
+        let set = PathSet::new([
+            "/etc/shadow",
+            "/root/.ssh/",
+            "/etc/sudoers.d/*",
+            "/home/*/.ssh/*",
+        ]);
         let (exact, prefixes) = set.subscription_predicates();
         assert_eq!(exact, vec!["/etc/shadow"]);
         assert_eq!(prefixes, vec!["/root/.ssh/", "/etc/sudoers.d/", "/home/"]);
@@ -250,7 +275,12 @@ mod tests {
 
     #[test]
     fn names_match_exe_basename_comm_and_paths() {
-        let set = NameSet::new(["sshd", "unix_chkpwd", "/usr/lib/*/polkitd", "systemd-tmpfiles"]);
+        let set = NameSet::new([
+            "sshd",
+            "unix_chkpwd",
+            "/usr/lib/*/polkitd",
+            "systemd-tmpfiles",
+        ]);
         assert!(set.matches("sshd", "/usr/sbin/sshd"));
         assert!(set.matches("", "/usr/sbin/sshd"));
         assert!(set.matches("sshd", ""));

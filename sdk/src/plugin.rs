@@ -49,7 +49,15 @@ pub fn run_batch<D: Detector>(detector: &mut D, batch: &EventBatch) -> Vec<Alert
         };
         let index = i as u32;
         alerts.set_event(index);
-        detector.on_event(EventRef { index, ts_ns: event.ts_ns, process, data: &event.data }, &mut alerts);
+        detector.on_event(
+            EventRef {
+                index,
+                ts_ns: event.ts_ns,
+                process,
+                data: &event.data,
+            },
+            &mut alerts,
+        );
     }
     if bad_index > 0 {
         crate::warn!("skipped {bad_index} event(s) whose process index is out of range");

@@ -91,7 +91,10 @@ pub struct WindowCounter {
 impl WindowCounter {
     /// Counters named `<prefix>:<key>`, each living `window` from its first increment.
     pub fn new(prefix: &str, window: Duration) -> Self {
-        WindowCounter { prefix: prefix.to_string(), window }
+        WindowCounter {
+            prefix: prefix.to_string(),
+            window,
+        }
     }
 
     /// Adds one occurrence for `key` and returns the count in the current window.

@@ -107,7 +107,13 @@ fn live(entry: &(Vec<u8>, Option<u64>), now: u64) -> bool {
 
 pub(crate) fn state_get(key: &str) -> Option<Vec<u8>> {
     let now = now_ns();
-    MOCK.with(|m| m.borrow().state.get(key).filter(|e| live(e, now)).map(|e| e.0.clone()))
+    MOCK.with(|m| {
+        m.borrow()
+            .state
+            .get(key)
+            .filter(|e| live(e, now))
+            .map(|e| e.0.clone())
+    })
 }
 
 fn check_quota(m: &mut Mock, key: &str, now: u64) -> Result<(), StateError> {
@@ -133,7 +139,12 @@ pub(crate) fn state_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<
 
 pub(crate) fn state_delete(key: &str) -> bool {
     let now = now_ns();
-    MOCK.with(|m| m.borrow_mut().state.remove(key).is_some_and(|e| live(&e, now)))
+    MOCK.with(|m| {
+        m.borrow_mut()
+            .state
+            .remove(key)
+            .is_some_and(|e| live(&e, now))
+    })
 }
 
 pub(crate) fn state_incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StateError> {
@@ -142,8 +153,13 @@ pub(crate) fn state_incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i
         let mut m = m.borrow_mut();
         check_quota(&mut m, key, now)?;
         let expiry = ttl_ms.map(|ms| now.saturating_add(ms.saturating_mul(1_000_000)));
-        let entry = m.state.entry(key.to_string()).or_insert_with(|| (0i64.to_le_bytes().to_vec(), expiry));
-        let current = <[u8; 8]>::try_from(entry.0.as_slice()).map(i64::from_le_bytes).unwrap_or(0);
+        let entry = m
+            .state
+            .entry(key.to_string())
+            .or_insert_with(|| (0i64.to_le_bytes().to_vec(), expiry));
+        let current = <[u8; 8]>::try_from(entry.0.as_slice())
+            .map(i64::from_le_bytes)
+            .unwrap_or(0);
         let new = current.saturating_add(delta);
         entry.0 = new.to_le_bytes().to_vec();
         Ok(new)
@@ -163,12 +179,24 @@ pub(crate) mod actions {
     ) -> Result<Receipt, ActionError> {
         MOCK.with(|m| {
             let mut m = m.borrow_mut();
-            m.actions.push(ActionCall { action, target, detail, alert_id: alert_id.to_string() });
+            m.actions.push(ActionCall {
+                action,
+                target,
+                detail,
+                alert_id: alert_id.to_string(),
+            });
             if m.denied.contains(&capability) {
                 return Err(ActionError::Denied(capability));
             }
-            let mode = if m.monitor { Mode::Monitor } else { Mode::Enforce };
-            Ok(Receipt { id: format!("mock-{}", m.actions.len()), mode })
+            let mode = if m.monitor {
+                Mode::Monitor
+            } else {
+                Mode::Enforce
+            };
+            Ok(Receipt {
+                id: format!("mock-{}", m.actions.len()),
+                mode,
+            })
         })
     }
 
@@ -187,26 +215,72 @@ pub(crate) mod actions {
         }
     }
 
-    pub fn kill_process(t: ProcessTarget, signal: u32, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::KillProcess, "kill-process", t.pid.to_string(), signal.to_string(), alert_id)
+    pub fn kill_process(
+        t: ProcessTarget,
+        signal: u32,
+        alert_id: &str,
+    ) -> Result<Receipt, ActionError> {
+        request(
+            Capability::KillProcess,
+            "kill-process",
+            t.pid.to_string(),
+            signal.to_string(),
+            alert_id,
+        )
     }
     pub fn block_exec(t: &ExecMatch, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::BlockExec, "block-exec", exec_match_text(t), String::new(), alert_id)
+        request(
+            Capability::BlockExec,
+            "block-exec",
+            exec_match_text(t),
+            String::new(),
+            alert_id,
+        )
     }
     pub fn deny_open(path: &str, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::DenyOpen, "deny-open", path.to_string(), String::new(), alert_id)
+        request(
+            Capability::DenyOpen,
+            "deny-open",
+            path.to_string(),
+            String::new(),
+            alert_id,
+        )
     }
     pub fn network_quarantine(t: &Workload, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::NetworkQuarantine, "network-quarantine", workload_text(t), String::new(), alert_id)
+        request(
+            Capability::NetworkQuarantine,
+            "network-quarantine",
+            workload_text(t),
+            String::new(),
+            alert_id,
+        )
     }
     pub fn freeze(t: &Workload, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::Freeze, "freeze", workload_text(t), String::new(), alert_id)
+        request(
+            Capability::Freeze,
+            "freeze",
+            workload_text(t),
+            String::new(),
+            alert_id,
+        )
     }
     pub fn quarantine_file(path: &str, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::QuarantineFile, "quarantine-file", path.to_string(), String::new(), alert_id)
+        request(
+            Capability::QuarantineFile,
+            "quarantine-file",
+            path.to_string(),
+            String::new(),
+            alert_id,
+        )
     }
     pub fn notify(channel: &str, message: &str, alert_id: &str) -> Result<Receipt, ActionError> {
-        request(Capability::Notify, "notify", channel.to_string(), message.to_string(), alert_id)
+        request(
+            Capability::Notify,
+            "notify",
+            channel.to_string(),
+            message.to_string(),
+            alert_id,
+        )
     }
     pub fn release(action_id: &str) -> Result<(), ActionError> {
         MOCK.with(|m| {
