@@ -1,1 +1,411 @@
-//! TODO(skeleton): filled in by the core platform work.
+//! Actions: what responders may ask the host to do, and the broker that decides. The domain
+//! types here are what `plugin::host_impl` converts the WIT `actions` calls into; the
+//! [`Broker`] checks grants, rate limits and monitor mode, writes one audit record per request
+//! and hands enforced requests to an [`Actuator`]. Responders never act directly, and this
+//! module never talks WIT.
+//!
+//! Actuators are looked up by capability, so the kernel-backed ones (kill, exec block, open
+//! deny, network quarantine, freeze, file quarantine) plug in with [`Broker::with_actuator`]
+//! without touching the broker. Until they land, those capabilities answer
+//! [`ActionError::Unsupported`]; only `notify` is real, through a [`NotifySink`].
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capability::{Capability, CapabilitySet};
+/// Monitor or enforce; defined with the rest of `[actions]` in the config.
+pub use crate::config::Mode;
+
+pub mod audit;
+pub mod broker;
+
+pub use audit::{AuditLog, AuditRecord, AuditResult};
+pub use broker::{Broker, BrokerSettings, ResponderSettings};
+
+/// What to block from executing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecMatch {
+    /// Absolute path of the binary.
+    Path(String),
+    /// Lower-case hex sha256 of the file contents.
+    Sha256(String),
+}
+
+/// A workload: a cgroup or a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Kernel cgroup v2 id.
+    CgroupId(u64),
+    /// Container id (full or a unique prefix of at least 12 characters).
+    ContainerId(String),
+    /// cgroup v2 path relative to the cgroup root.
+    CgroupPath(String),
+}
+
+/// One request from a responder, as the WIT `actions` interface defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionRequest {
+    KillProcess {
+        pid: u32,
+        start_ns: Option<u64>,
+        signal: u32,
+    },
+    BlockExec(ExecMatch),
+    DenyOpen {
+        path: String,
+    },
+    NetworkQuarantine(Workload),
+    Freeze(Workload),
+    QuarantineFile {
+        path: String,
+    },
+    Notify {
+        channel: String,
+        message: String,
+    },
+    Release {
+        action_id: String,
+    },
+}
+
+impl ActionRequest {
+    /// The capability this request needs. `Release` needs none of its own: the broker checks
+    /// it against the capability of the action being released.
+    pub fn capability(&self) -> Option<Capability> {
+        match self {
+            ActionRequest::KillProcess { .. } => Some(Capability::KillProcess),
+            ActionRequest::BlockExec(_) => Some(Capability::BlockExec),
+            ActionRequest::DenyOpen { .. } => Some(Capability::DenyOpen),
+            ActionRequest::NetworkQuarantine(_) => Some(Capability::NetworkQuarantine),
+            ActionRequest::Freeze(_) => Some(Capability::Freeze),
+            ActionRequest::QuarantineFile { .. } => Some(Capability::QuarantineFile),
+            ActionRequest::Notify { .. } => Some(Capability::Notify),
+            ActionRequest::Release { .. } => None,
+        }
+    }
+
+    /// The kebab-case name used in the audit log and metrics (the WIT function name).
+    pub fn name(&self) -> &'static str {
+        match self.capability() {
+            Some(cap) => cap.as_str(),
+            None => "release",
+        }
+    }
+
+    /// Whether carrying the action out leaves state behind that `release` can undo. Kills and
+    /// notifications are one-shot.
+    pub fn holds_state(&self) -> bool {
+        matches!(
+            self,
+            ActionRequest::BlockExec(_)
+                | ActionRequest::DenyOpen { .. }
+                | ActionRequest::NetworkQuarantine(_)
+                | ActionRequest::Freeze(_)
+                | ActionRequest::QuarantineFile { .. }
+        )
+    }
+
+    /// The target as written in the audit log: a small JSON object naming what was acted on.
+    pub fn target(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            ActionRequest::KillProcess {
+                pid,
+                start_ns,
+                signal,
+            } => json!({ "pid": pid, "start_ns": start_ns, "signal": signal }),
+            ActionRequest::BlockExec(m) => json!(m),
+            ActionRequest::DenyOpen { path } | ActionRequest::QuarantineFile { path } => {
+                json!({ "path": path })
+            }
+            ActionRequest::NetworkQuarantine(w) | ActionRequest::Freeze(w) => json!(w),
+            ActionRequest::Notify { channel, message } => {
+                json!({ "channel": channel, "message": message })
+            }
+            ActionRequest::Release { action_id } => json!({ "action_id": action_id }),
+        }
+    }
+}
+
+/// The answer to a granted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Action id, for `release`.
+    pub id: String,
+    /// Whether the action was enforced or only recorded.
+    pub mode: Mode,
+}
+
+/// Why a request was not carried out; mirrors the WIT `action-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("capability {0} not granted")]
+    Denied(Capability),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("rate limited")]
+    RateLimited,
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl ActionError {
+    /// The audit `result` this error is recorded as.
+    pub fn audit_result(&self) -> AuditResult {
+        match self {
+            ActionError::Denied(_) => AuditResult::Denied,
+            ActionError::Unsupported(_) => AuditResult::Unsupported,
+            ActionError::RateLimited => AuditResult::RateLimited,
+            ActionError::InvalidTarget(_) => AuditResult::InvalidTarget,
+            ActionError::Failed(_) => AuditResult::Failed,
+        }
+    }
+}
+
+/// Errors setting the broker up or writing its audit log (not errors of a request: those are
+/// [`ActionError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ActionsError {
+    #[error("cannot open audit log {path}: {source}")]
+    AuditOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the directory of audit log {path}: {source}")]
+    AuditDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to audit log {path}: {source}")]
+    AuditWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who is asking, and what they may do.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The responder plugin's name.
+    pub responder: &'a str,
+    /// Capabilities in effect: what the plugin requested intersected with the operator's grant.
+    pub granted: CapabilitySet,
+    /// The alert that prompted the request (the guest's `alert-id` argument; empty for
+    /// `release`, which the broker then audits under the released action's alert).
+    pub alert_id: &'a str,
+}
+
+/// What an actuator is told besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecContext<'a> {
+    pub responder: &'a str,
+    pub alert_id: &'a str,
+    /// The id the receipt will carry.
+    pub action_id: &'a str,
+}
+
+/// What an actuator did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, nothing left to undo (a kill, a notification).
+    Done,
+    /// State was put in place and stays until released. `handle` is whatever the actuator needs
+    /// to undo it (a map key, the quarantined file's new path); it is shown in `active()`.
+    Held { handle: String },
+}
+
+/// An action that holds state and can be released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveAction {
+    pub id: String,
+    pub responder: String,
+    pub capability: Capability,
+    pub request: ActionRequest,
+    pub alert_id: String,
+    pub mode: Mode,
+    pub since: SystemTime,
+    /// The actuator's undo handle; empty for monitor-mode records, which hold nothing.
+    pub handle: String,
+}
+
+/// Carries out one family of actions. Registered per capability; shared by all workers.
+pub trait Actuator: Send + Sync {
+    /// Carries the request out. Called only in enforce mode, after the grant and rate checks.
+    fn execute(&self, ctx: &ExecContext<'_>, req: &ActionRequest) -> Result<Outcome, ActionError>;
+
+    /// Undoes an action this actuator answered `Outcome::Held` for.
+    fn release(&self, action: &ActiveAction) -> Result<(), ActionError>;
+}
+
+/// Where `notify` goes. The daemon's sink writes a host log line and emits the notification as
+/// an alert to the alert outputs.
+pub trait NotifySink: Send + Sync {
+    fn notify(
+        &self,
+        responder: &str,
+        channel: &str,
+        message: &str,
+        alert_id: &str,
+    ) -> Result<(), String>;
+}
+
+/// The `notify` actuator: forwards to the [`NotifySink`].
+pub struct NotifyActuator {
+    sink: Box<dyn NotifySink>,
+}
+
+impl NotifyActuator {
+    pub fn new(sink: Box<dyn NotifySink>) -> NotifyActuator {
+        NotifyActuator { sink }
+    }
+}
+
+impl Actuator for NotifyActuator {
+    fn execute(&self, ctx: &ExecContext<'_>, req: &ActionRequest) -> Result<Outcome, ActionError> {
+        match req {
+            ActionRequest::Notify { channel, message } => self
+                .sink
+                .notify(ctx.responder, channel, message, ctx.alert_id)
+                .map(|()| Outcome::Done)
+                .map_err(ActionError::Failed),
+            other => Err(ActionError::Failed(format!(
+                "notify actuator got a {} request",
+                other.name()
+            ))),
+        }
+    }
+
+    fn release(&self, _action: &ActiveAction) -> Result<(), ActionError> {
+        Err(ActionError::InvalidTarget(
+            "a notification cannot be released".into(),
+        ))
+    }
+}
+
+/// Stand-in for an actuator that does not exist yet: answers `Unsupported` and says which.
+pub struct Unimplemented {
+    capability: Capability,
+}
+
+impl Unimplemented {
+    pub fn new(capability: Capability) -> Unimplemented {
+        Unimplemented { capability }
+    }
+}
+
+impl Actuator for Unimplemented {
+    fn execute(
+        &self,
+        _ctx: &ExecContext<'_>,
+        _req: &ActionRequest,
+    ) -> Result<Outcome, ActionError> {
+        Err(ActionError::Unsupported(format!(
+            "{} actuator not implemented yet",
+            self.capability
+        )))
+    }
+
+    fn release(&self, _action: &ActiveAction) -> Result<(), ActionError> {
+        Err(ActionError::Unsupported(format!(
+            "{} actuator not implemented yet",
+            self.capability
+        )))
+    }
+}
+
+/// A sink that only logs; for `palisade replay` and tests that do not care where notes go.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogNotifySink;
+
+impl NotifySink for LogNotifySink {
+    fn notify(
+        &self,
+        responder: &str,
+        channel: &str,
+        message: &str,
+        alert_id: &str,
+    ) -> Result<(), String> {
+        tracing::info!(responder, channel, alert_id, message, "notification");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_capabilities_match_the_wit() {
+        let reqs = [
+            (
+                ActionRequest::KillProcess {
+                    pid: 1,
+                    start_ns: None,
+                    signal: 9,
+                },
+                "kill-process",
+            ),
+            (
+                ActionRequest::BlockExec(ExecMatch::Path("/x".into())),
+                "block-exec",
+            ),
+            (ActionRequest::DenyOpen { path: "/x".into() }, "deny-open"),
+            (
+                ActionRequest::NetworkQuarantine(Workload::CgroupId(1)),
+                "network-quarantine",
+            ),
+            (ActionRequest::Freeze(Workload::CgroupId(1)), "freeze"),
+            (
+                ActionRequest::QuarantineFile { path: "/x".into() },
+                "quarantine-file",
+            ),
+            (
+                ActionRequest::Notify {
+                    channel: "default".into(),
+                    message: "m".into(),
+                },
+                "notify",
+            ),
+            (
+                ActionRequest::Release {
+                    action_id: "a".into(),
+                },
+                "release",
+            ),
+        ];
+        for (req, name) in reqs {
+            assert_eq!(req.name(), name);
+            assert_eq!(
+                req.capability().map(|c| c.as_str()),
+                (name != "release").then_some(name)
+            );
+        }
+    }
+
+    #[test]
+    fn targets_are_readable_objects() {
+        let t = ActionRequest::KillProcess {
+            pid: 42,
+            start_ns: Some(7),
+            signal: 9,
+        }
+        .target();
+        assert_eq!(
+            t,
+            serde_json::json!({"pid": 42, "start_ns": 7, "signal": 9})
+        );
+        let t = ActionRequest::Freeze(Workload::ContainerId("abc".into())).target();
+        assert_eq!(t, serde_json::json!({"container_id": "abc"}));
+        let t = ActionRequest::BlockExec(ExecMatch::Sha256("ff".into())).target();
+        assert_eq!(t, serde_json::json!({"sha256": "ff"}));
+    }
+}

@@ -1,0 +1,728 @@
+//! The actions broker: the one place a responder's request becomes (or does not become) an
+//! action. Order of checks: capability grant, per-responder rate limit, monitor/enforce mode,
+//! then the actuator registered for the capability. Every request, whatever its fate, gets one
+//! audit record and one `actions_total` count. Shared by all worker threads through `&self`;
+//! the broker never blocks on anything but its own short locks and the actuator it calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use super::audit::{now_ns, rfc3339, AuditLog, AuditRecord, AuditResult};
+use super::{
+    ActionError, ActionRequest, ActionsError, ActiveAction, Actuator, ExecContext, Mode,
+    NotifyActuator, NotifySink, Outcome, Receipt, RequestContext, Unimplemented,
+};
+use crate::capability::Capability;
+use crate::config::ActionsConfig;
+use crate::metrics::Metrics;
+
+/// Most actions held at once (enforced ones plus monitor-mode records). A responder that
+/// never releases cannot grow the table past this; enforce requests beyond it fail.
+pub const MAX_ACTIVE: usize = 65_536;
+
+/// Per-responder overrides of the broker settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponderSettings {
+    /// Mode for this responder; the global mode when absent.
+    pub mode: Option<Mode>,
+    /// Requests per minute for this responder; the global limit when absent. 0 = unlimited.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+/// How the broker behaves; built by the daemon from `palisade.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// Global mode.
+    pub mode: Mode,
+    /// Overrides by responder plugin name.
+    pub per_responder: BTreeMap<String, ResponderSettings>,
+    /// Requests per minute per responder (token bucket, burst = the limit). 0 = unlimited.
+    pub rate_limit_per_minute: u32,
+    /// JSON Lines audit file; when absent, records go to the log under target `palisade::audit`.
+    pub audit_log: Option<PathBuf>,
+}
+
+impl BrokerSettings {
+    /// The settings the `[actions]` section of `palisade.toml` describes.
+    pub fn from_config(actions: &ActionsConfig) -> BrokerSettings {
+        BrokerSettings {
+            mode: actions.mode,
+            per_responder: actions
+                .responders
+                .iter()
+                .map(|(name, r)| {
+                    (
+                        name.clone(),
+                        ResponderSettings {
+                            mode: r.mode,
+                            rate_limit_per_minute: r.rate_limit_per_minute,
+                        },
+                    )
+                })
+                .collect(),
+            rate_limit_per_minute: actions.rate_limit_per_minute,
+            audit_log: Some(actions.audit_log.clone()),
+        }
+    }
+}
+
+/// Token bucket refilled continuously at `limit` per minute, holding at most `limit` tokens.
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn full(limit: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(limit),
+            last: now,
+        }
+    }
+
+    fn take(&mut self, limit: u32, now: Instant) -> bool {
+        let capacity = f64::from(limit);
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * capacity / 60.0).min(capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Broker {
+    settings: BrokerSettings,
+    actuators: BTreeMap<Capability, Box<dyn Actuator>>,
+    audit: Option<AuditLog>,
+    metrics: Option<Arc<Metrics>>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+    active: Mutex<BTreeMap<String, ActiveAction>>,
+    /// Start time in hex: makes action ids unique across restarts.
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("settings", &self.settings)
+            .field("actuators", &self.actuators.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex, carrying on with the data if another thread panicked while holding it: the
+/// broker's tables stay consistent between statements, and the daemon must not die of it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker {
+    /// Opens the audit log (if any) and registers the `notify` actuator on `notify`; every other
+    /// capability answers `Unsupported` until an actuator is registered with [`with_actuator`].
+    ///
+    /// [`with_actuator`]: Broker::with_actuator
+    pub fn new(
+        settings: BrokerSettings,
+        notify: Box<dyn NotifySink>,
+    ) -> Result<Broker, ActionsError> {
+        let audit = settings
+            .audit_log
+            .as_deref()
+            .map(AuditLog::open)
+            .transpose()?;
+        let mut actuators: BTreeMap<Capability, Box<dyn Actuator>> = BTreeMap::new();
+        for cap in Capability::ALL {
+            actuators.insert(cap, Box::new(Unimplemented::new(cap)));
+        }
+        actuators.insert(Capability::Notify, Box::new(NotifyActuator::new(notify)));
+        Ok(Broker {
+            settings,
+            actuators,
+            audit,
+            metrics: None,
+            buckets: Mutex::new(HashMap::new()),
+            active: Mutex::new(BTreeMap::new()),
+            id_prefix: format!("{:x}", now_ns()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Counts requests, denials and audit errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Broker {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Registers (or replaces) the actuator that carries out `capability`.
+    pub fn with_actuator(mut self, capability: Capability, actuator: Box<dyn Actuator>) -> Broker {
+        self.actuators.insert(capability, actuator);
+        self
+    }
+
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.settings
+    }
+
+    pub fn audit_path(&self) -> Option<&Path> {
+        self.audit.as_ref().map(AuditLog::path)
+    }
+
+    /// The mode `responder`'s requests run in.
+    pub fn mode_for(&self, responder: &str) -> Mode {
+        self.settings
+            .per_responder
+            .get(responder)
+            .and_then(|s| s.mode)
+            .unwrap_or(self.settings.mode)
+    }
+
+    fn rate_limit_for(&self, responder: &str) -> u32 {
+        self.settings
+            .per_responder
+            .get(responder)
+            .and_then(|s| s.rate_limit_per_minute)
+            .unwrap_or(self.settings.rate_limit_per_minute)
+    }
+
+    /// Actions that hold state and can be released, oldest id first. Monitor-mode records of
+    /// such actions are listed too (with `mode: Monitor` and an empty handle): they show what
+    /// enforce mode would be holding, and their receipts can be released like real ones.
+    pub fn active(&self) -> Vec<ActiveAction> {
+        lock(&self.active).values().cloned().collect()
+    }
+
+    /// Handles one request from a responder. See the module docs for the order of checks.
+    pub fn request(
+        &self,
+        ctx: &RequestContext<'_>,
+        req: ActionRequest,
+    ) -> Result<Receipt, ActionError> {
+        let mode = self.mode_for(ctx.responder);
+        let (result, mode, released_alert) = match &req {
+            ActionRequest::Release { action_id } => self.release(ctx, action_id),
+            _ => (self.act(ctx, &req, mode), mode, None),
+        };
+        // `release` carries no alert id in the WIT; audit it under the released action's alert.
+        let alert_id = match (&released_alert, ctx.alert_id) {
+            (Some(original), "") => original.as_str(),
+            _ => ctx.alert_id,
+        };
+        self.finish(ctx.responder, alert_id, &req, mode, &result);
+        result
+    }
+
+    fn act(
+        &self,
+        ctx: &RequestContext<'_>,
+        req: &ActionRequest,
+        mode: Mode,
+    ) -> Result<Receipt, ActionError> {
+        let Some(cap) = req.capability() else {
+            return Err(ActionError::Failed("release has no capability".into()));
+        };
+        if !ctx.granted.contains(cap) {
+            return Err(ActionError::Denied(cap));
+        }
+        if !self.take_token(ctx.responder) {
+            return Err(ActionError::RateLimited);
+        }
+        let id = self.new_id();
+        match mode {
+            Mode::Monitor => {
+                if req.holds_state() {
+                    self.hold(ctx, cap, req, &id, Mode::Monitor, String::new());
+                }
+            }
+            Mode::Enforce => {
+                if req.holds_state() && lock(&self.active).len() >= MAX_ACTIVE {
+                    return Err(ActionError::Failed(format!(
+                        "too many active actions ({MAX_ACTIVE}); release some first"
+                    )));
+                }
+                let actuator = self.actuators.get(&cap).ok_or_else(|| {
+                    ActionError::Unsupported(format!("no {cap} actuator registered"))
+                })?;
+                let exec = ExecContext {
+                    responder: ctx.responder,
+                    alert_id: ctx.alert_id,
+                    action_id: &id,
+                };
+                match actuator.execute(&exec, req)? {
+                    Outcome::Done => {}
+                    Outcome::Held { handle } => {
+                        self.hold(ctx, cap, req, &id, Mode::Enforce, handle);
+                    }
+                }
+            }
+        }
+        Ok(Receipt { id, mode })
+    }
+
+    fn hold(
+        &self,
+        ctx: &RequestContext<'_>,
+        capability: Capability,
+        req: &ActionRequest,
+        id: &str,
+        mode: Mode,
+        handle: String,
+    ) {
+        let mut active = lock(&self.active);
+        // Enforced state is always tracked (the cap was checked before acting, so this can
+        // only overshoot by the requests in flight); a monitor record past the cap is dropped.
+        if mode == Mode::Monitor && active.len() >= MAX_ACTIVE {
+            tracing::debug!(
+                responder = ctx.responder,
+                action_id = id,
+                "active table full; monitor record not kept"
+            );
+            return;
+        }
+        active.insert(
+            id.to_owned(),
+            ActiveAction {
+                id: id.to_owned(),
+                responder: ctx.responder.to_owned(),
+                capability,
+                request: req.clone(),
+                alert_id: ctx.alert_id.to_owned(),
+                mode,
+                since: SystemTime::now(),
+                handle,
+            },
+        );
+    }
+
+    /// Undoes an earlier action of the same responder. Not rate limited: undoing is never the
+    /// dangerous direction, and a responder can only release its own actions. An enforced
+    /// action is released for real even if the responder is now in monitor mode, for the same
+    /// reason; a monitor-mode record is just dropped. Returns the result, the mode it ran in
+    /// and the released action's alert id.
+    fn release(
+        &self,
+        ctx: &RequestContext<'_>,
+        action_id: &str,
+    ) -> (Result<Receipt, ActionError>, Mode, Option<String>) {
+        let current = self.mode_for(ctx.responder);
+        let taken = {
+            let mut active = lock(&self.active);
+            match active.get(action_id) {
+                Some(a) if a.responder == ctx.responder => {
+                    if !ctx.granted.contains(a.capability) {
+                        let alert = Some(a.alert_id.clone());
+                        return (Err(ActionError::Denied(a.capability)), current, alert);
+                    }
+                    active.remove(action_id)
+                }
+                Some(a) => {
+                    tracing::warn!(
+                        responder = ctx.responder,
+                        owner = %a.responder,
+                        action_id,
+                        "responder tried to release another responder's action"
+                    );
+                    None
+                }
+                None => None,
+            }
+        };
+        // Same answer for "unknown" and "someone else's": a responder learns nothing about
+        // other responders' actions.
+        let Some(action) = taken else {
+            return (
+                Err(ActionError::InvalidTarget(format!(
+                    "no active action {action_id} of this responder"
+                ))),
+                current,
+                None,
+            );
+        };
+        let mode = action.mode;
+        let alert = Some(action.alert_id.clone());
+        if mode == Mode::Monitor {
+            return (
+                Ok(Receipt {
+                    id: action.id,
+                    mode,
+                }),
+                mode,
+                alert,
+            );
+        }
+        let result = match self.actuators.get(&action.capability) {
+            Some(actuator) => actuator.release(&action),
+            None => Err(ActionError::Unsupported(format!(
+                "no {} actuator registered",
+                action.capability
+            ))),
+        };
+        match result {
+            Ok(()) => (
+                Ok(Receipt {
+                    id: action.id,
+                    mode,
+                }),
+                mode,
+                alert,
+            ),
+            Err(e) => {
+                // Still held: put it back so it can be retried and stays visible.
+                lock(&self.active).insert(action.id.clone(), action);
+                (Err(e), mode, alert)
+            }
+        }
+    }
+
+    fn take_token(&self, responder: &str) -> bool {
+        let limit = self.rate_limit_for(responder);
+        if limit == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = lock(&self.buckets);
+        match buckets.get_mut(responder) {
+            Some(bucket) => bucket.take(limit, now),
+            None => {
+                let mut bucket = TokenBucket::full(limit, now);
+                let ok = bucket.take(limit, now);
+                buckets.insert(responder.to_owned(), bucket);
+                ok
+            }
+        }
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("act-{}-{n}", self.id_prefix)
+    }
+
+    /// Logs, counts and audits the end of a request.
+    fn finish(
+        &self,
+        responder: &str,
+        alert_id: &str,
+        req: &ActionRequest,
+        mode: Mode,
+        result: &Result<Receipt, ActionError>,
+    ) {
+        let action = req.name();
+        let (audit_result, error, action_id) = match result {
+            Ok(receipt) => (
+                match receipt.mode {
+                    Mode::Enforce => AuditResult::Ok,
+                    Mode::Monitor => AuditResult::Recorded,
+                },
+                None,
+                Some(receipt.id.clone()),
+            ),
+            Err(e) => (e.audit_result(), Some(e.to_string()), None),
+        };
+
+        match result {
+            Ok(receipt) if receipt.mode == Mode::Monitor => {
+                tracing::info!(responder, action, alert_id, action_id = %receipt.id, "action recorded (monitor mode)");
+            }
+            Ok(receipt) => {
+                tracing::info!(responder, action, alert_id, action_id = %receipt.id, "action carried out");
+            }
+            Err(ActionError::Denied(cap)) => {
+                tracing::warn!(responder, action, capability = %cap, alert_id, "action denied: capability not granted");
+            }
+            Err(ActionError::RateLimited) => {
+                tracing::warn!(responder, action, alert_id, "action rate limited");
+            }
+            Err(e) => {
+                tracing::warn!(responder, action, alert_id, error = %e, "action not carried out");
+            }
+        }
+
+        if let Some(metrics) = &self.metrics {
+            metrics.action(responder, action, audit_result.as_str());
+            if let Err(ActionError::Denied(cap)) = result {
+                metrics.capability_denied(responder, cap.as_str());
+            }
+        }
+
+        let ts_ns = now_ns();
+        let record = AuditRecord {
+            time: rfc3339(ts_ns),
+            ts_ns,
+            responder: responder.to_owned(),
+            action: action.to_owned(),
+            target: req.target(),
+            mode,
+            result: audit_result,
+            error,
+            alert_id: alert_id.to_owned(),
+            action_id,
+        };
+        match &self.audit {
+            Some(log) => {
+                if let Err(error) = log.write(&record) {
+                    tracing::error!(%error, responder, action, "audit record not written");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.audit_errors_total.inc();
+                    }
+                }
+            }
+            None => match serde_json::to_string(&record) {
+                Ok(line) => tracing::info!(target: "palisade::audit", record = %line, "audit"),
+                Err(error) => {
+                    tracing::error!(%error, responder, action, "audit record not serialised");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.audit_errors_total.inc();
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::LogNotifySink;
+    use crate::capability::CapabilitySet;
+    use std::time::Duration;
+
+    fn settings(mode: Mode) -> BrokerSettings {
+        BrokerSettings {
+            mode,
+            per_responder: BTreeMap::new(),
+            rate_limit_per_minute: 0,
+            audit_log: None,
+        }
+    }
+
+    /// Pretends to block execs: holds state and counts releases.
+    #[derive(Default)]
+    struct FakeBlock {
+        released: Mutex<Vec<String>>,
+        fail_release: bool,
+    }
+
+    impl Actuator for Arc<FakeBlock> {
+        fn execute(
+            &self,
+            ctx: &ExecContext<'_>,
+            _req: &ActionRequest,
+        ) -> Result<Outcome, ActionError> {
+            Ok(Outcome::Held {
+                handle: format!("map-key-{}", ctx.action_id),
+            })
+        }
+        fn release(&self, action: &ActiveAction) -> Result<(), ActionError> {
+            if self.fail_release {
+                return Err(ActionError::Failed("map busy".into()));
+            }
+            lock(&self.released).push(action.handle.clone());
+            Ok(())
+        }
+    }
+
+    fn block() -> ActionRequest {
+        ActionRequest::BlockExec(crate::actions::ExecMatch::Path("/tmp/x".into()))
+    }
+
+    fn ctx<'a>(responder: &'a str, caps: &[Capability]) -> RequestContext<'a> {
+        RequestContext {
+            responder,
+            granted: caps.iter().copied().collect(),
+            alert_id: "al",
+        }
+    }
+
+    #[test]
+    fn broker_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Broker>();
+    }
+
+    #[test]
+    fn token_bucket_refills_over_time() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(2, t0);
+        assert!(b.take(2, t0));
+        assert!(b.take(2, t0));
+        assert!(!b.take(2, t0));
+        // 2 per minute = one token every 30 s.
+        assert!(!b.take(2, t0 + Duration::from_secs(29)));
+        assert!(b.take(2, t0 + Duration::from_secs(31)));
+        // Never more than the burst, however long it idles.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(b.take(2, later));
+        assert!(b.take(2, later));
+        assert!(!b.take(2, later));
+    }
+
+    #[test]
+    fn held_actions_are_listed_and_released_by_their_owner_only() {
+        let fake = Arc::new(FakeBlock::default());
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+            .unwrap()
+            .with_actuator(Capability::BlockExec, Box::new(Arc::clone(&fake)));
+        let owner = ctx("r1", &[Capability::BlockExec]);
+        let receipt = broker.request(&owner, block()).unwrap();
+        assert_eq!(receipt.mode, Mode::Enforce);
+        let active = broker.active();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].id, receipt.id);
+        assert_eq!(active[0].handle, format!("map-key-{}", receipt.id));
+
+        let release = ActionRequest::Release {
+            action_id: receipt.id.clone(),
+        };
+        // Another responder, even with the capability, cannot release it.
+        let other = ctx("r2", &[Capability::BlockExec]);
+        assert!(matches!(
+            broker.request(&other, release.clone()),
+            Err(ActionError::InvalidTarget(_))
+        ));
+        // The owner without the capability any more is denied.
+        let ungranted = ctx("r1", &[]);
+        assert_eq!(
+            broker.request(&ungranted, release.clone()),
+            Err(ActionError::Denied(Capability::BlockExec))
+        );
+        assert_eq!(broker.active().len(), 1);
+
+        broker.request(&owner, release.clone()).unwrap();
+        assert!(broker.active().is_empty());
+        assert_eq!(
+            *lock(&fake.released),
+            vec![format!("map-key-{}", receipt.id)]
+        );
+        // Twice is an invalid target.
+        assert!(matches!(
+            broker.request(&owner, release),
+            Err(ActionError::InvalidTarget(_))
+        ));
+    }
+
+    #[test]
+    fn failed_release_keeps_the_action() {
+        let fake = Arc::new(FakeBlock {
+            fail_release: true,
+            ..FakeBlock::default()
+        });
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+            .unwrap()
+            .with_actuator(Capability::BlockExec, Box::new(Arc::clone(&fake)));
+        let c = ctx("r1", &[Capability::BlockExec]);
+        let receipt = broker.request(&c, block()).unwrap();
+        let err = broker
+            .request(
+                &c,
+                ActionRequest::Release {
+                    action_id: receipt.id,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err, ActionError::Failed("map busy".into()));
+        assert_eq!(broker.active().len(), 1);
+    }
+
+    #[test]
+    fn monitor_records_of_stateful_actions_can_be_released() {
+        let broker = Broker::new(settings(Mode::Monitor), Box::new(LogNotifySink)).unwrap();
+        let c = ctx("r1", &[Capability::DenyOpen, Capability::KillProcess]);
+        let receipt = broker
+            .request(
+                &c,
+                ActionRequest::DenyOpen {
+                    path: "/etc/x".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(receipt.mode, Mode::Monitor);
+        // A kill holds nothing, so it is not listed.
+        broker
+            .request(
+                &c,
+                ActionRequest::KillProcess {
+                    pid: 1,
+                    start_ns: None,
+                    signal: 9,
+                },
+            )
+            .unwrap();
+        let active = broker.active();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].mode, Mode::Monitor);
+        let r = broker
+            .request(
+                &c,
+                ActionRequest::Release {
+                    action_id: receipt.id.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            Receipt {
+                id: receipt.id,
+                mode: Mode::Monitor
+            }
+        );
+        assert!(broker.active().is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let broker = Broker::new(settings(Mode::Monitor), Box::new(LogNotifySink)).unwrap();
+        let c = ctx("r", &[Capability::Notify]);
+        let mut ids = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let r = broker
+                .request(
+                    &c,
+                    ActionRequest::Notify {
+                        channel: "default".into(),
+                        message: "m".into(),
+                    },
+                )
+                .unwrap();
+            assert!(ids.insert(r.id));
+        }
+    }
+
+    #[test]
+    fn empty_grant_set_denies_everything() {
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink)).unwrap();
+        let c = RequestContext {
+            responder: "r",
+            granted: CapabilitySet::default(),
+            alert_id: "a",
+        };
+        let reqs = [
+            ActionRequest::KillProcess {
+                pid: 1,
+                start_ns: None,
+                signal: 9,
+            },
+            block(),
+            ActionRequest::DenyOpen { path: "/x".into() },
+            ActionRequest::NetworkQuarantine(crate::actions::Workload::CgroupId(1)),
+            ActionRequest::Freeze(crate::actions::Workload::CgroupPath("a".into())),
+            ActionRequest::QuarantineFile { path: "/x".into() },
+            ActionRequest::Notify {
+                channel: "c".into(),
+                message: "m".into(),
+            },
+        ];
+        for req in reqs {
+            let cap = req.capability().unwrap();
+            assert_eq!(broker.request(&c, req), Err(ActionError::Denied(cap)));
+        }
+    }
+}
