@@ -142,38 +142,45 @@ fn good_lines_in_order_bad_lines_reported_and_skipped() {
     assert_eq!(events[2].0.data, EventData::Exit { code: 3 });
 }
 
-/// Captures what the source logs, as JSON, to check the structured fields.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+const LOG_CHILD_INPUT: &str = "PALISADE_REPLAY_LOG_CHILD_INPUT";
+const LOG_CHILD_OUTPUT: &str = "PALISADE_REPLAY_LOG_CHILD_OUTPUT";
 
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Not a test on its own: replays a file with a global JSON log subscriber writing to a file.
+/// A child process because a scoped subscriber (`with_default`) can miss events when other tests
+/// touch the same callsites first on other threads.
+#[test]
+fn log_child() {
+    let (Ok(input), Ok(output)) = (
+        std::env::var(LOG_CHILD_INPUT),
+        std::env::var(LOG_CHILD_OUTPUT),
+    ) else {
+        return;
+    };
+    let file = std::fs::File::create(output).unwrap();
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(Mutex::new(file))
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    ReplaySource::from_args([input])
+        .run(&CollectingSink::default(), &StopFlag::default())
+        .unwrap();
 }
 
 #[test]
 fn bad_lines_are_logged_as_warnings_with_file_line_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = mixed_file(dir.path());
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let sink = CollectingSink::default();
-    tracing::subscriber::with_default(subscriber, || {
-        ReplaySource::new(vec![ReplayInput::File(path.clone())])
-            .run(&sink, &StopFlag::default())
-            .unwrap();
-    });
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let log = dir.path().join("log.json");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "log_child", "--test-threads=1"])
+        .env(LOG_CHILD_INPUT, &path)
+        .env(LOG_CHILD_OUTPUT, &log)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
     let records: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

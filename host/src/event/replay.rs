@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -311,7 +311,7 @@ impl EventSource for ReplaySource {
     }
 }
 
-fn open_file(path: &PathBuf) -> Result<File, SourceError> {
+fn open_file(path: &Path) -> Result<File, SourceError> {
     File::open(path).map_err(|source| SourceError::Io {
         path: path.display().to_string(),
         source,
@@ -328,7 +328,7 @@ fn io_error(name: &str, source: io::Error) -> SourceError {
 /// Reads `file` to its end, then (with `follow`) keeps tailing it until `stop`.
 fn read_file(
     reader: &mut LineReader<'_>,
-    path: &PathBuf,
+    path: &Path,
     mut file: File,
     follow: bool,
     poll: Duration,
@@ -367,8 +367,13 @@ fn read_file(
                 // Replaced (rotation): drain what the old file still had, then switch.
                 drain_to_end(reader, &mut file, &mut chunk, stop)?;
                 reader.end_of_input();
+                // The new file can vanish between the stat and the open (another rotation):
+                // keep the old handle and look again at the next poll.
+                let Ok(fresh) = File::open(path) else {
+                    continue;
+                };
                 tracing::info!(file = %reader.name, "followed file was replaced; reopening");
-                file = open_file(path)?;
+                file = fresh;
                 inode = (meta.dev(), meta.ino());
                 position = 0;
                 reader.restart();
@@ -549,6 +554,12 @@ impl<'a> LineReader<'a> {
     }
 
     fn finish(&self) {
+        tracing::debug!(
+            file = %self.name,
+            lines = self.line_no,
+            bad_lines = self.logged_bad,
+            "replay input finished"
+        );
         if self.logged_bad >= MAX_LOGGED_BAD_LINES {
             tracing::warn!(
                 file = %self.name,
