@@ -129,3 +129,91 @@ pub mod glue {
         })
     }
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::bindings::palisade::plugin::types::{Event, EventData, Priority, Process};
+    use crate::testing;
+
+    /// Alerts on every exit event and remembers how many events it saw.
+    struct Probe {
+        seen: usize,
+    }
+
+    impl Detector for Probe {
+        fn describe() -> PluginInfo {
+            PluginInfo::detector("probe", "0.0.0", "test")
+        }
+        fn init(config: Config) -> Result<Self, String> {
+            if config.boolean_or("fail", false)? {
+                return Err("asked to fail".into());
+            }
+            Ok(Probe { seen: 0 })
+        }
+        fn on_event(&mut self, event: EventRef<'_>, alerts: &mut Alerts) {
+            self.seen += 1;
+            if let EventData::Exit(code) = event.data {
+                alerts.push(Alert::new(
+                    "exit",
+                    Priority::Notice,
+                    format!("{} exited {code}", event.process.comm),
+                ));
+            }
+        }
+    }
+
+    thread_local! {
+        static SLOT: RefCell<Option<Probe>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn batches_resolve_processes_and_index_alerts() {
+        testing::reset();
+        let mut batch = EventBatch::new();
+        batch.push(&Process::new(1, "a", "/a"), 1, EventData::Fork(9));
+        batch.push(&Process::new(2, "b", "/b"), 2, EventData::Exit(3));
+        // An event pointing at a process that is not in the batch is skipped, with a warning.
+        batch.events.push(Event {
+            ts_ns: 3,
+            process: 7,
+            data: EventData::Exit(1),
+        });
+        batch.push(&Process::new(1, "a", "/a"), 4, EventData::Exit(0));
+        let mut probe = Probe { seen: 0 };
+        let alerts = run_batch(&mut probe, &batch);
+        assert_eq!(probe.seen, 3);
+        let got: Vec<(u32, &str)> = alerts
+            .iter()
+            .map(|a| (a.event_index, a.message.as_str()))
+            .collect();
+        assert_eq!(got, vec![(1, "b exited 3"), (3, "a exited 0")]);
+        let logs = testing::take_logs();
+        assert_eq!(logs.len(), 1);
+        assert!(
+            logs[0].1.contains("process index is out of range"),
+            "{logs:?}"
+        );
+    }
+
+    #[test]
+    fn glue_keeps_the_instance_between_calls_and_drops_it_on_failed_init() {
+        testing::reset();
+        let mut batch = EventBatch::new();
+        batch.push(&Process::new(1, "a", "/a"), 1, EventData::Exit(0));
+
+        // Before init: ignored with an error log.
+        assert!(glue::detector_on_events(&SLOT, batch.clone()).is_empty());
+        assert_eq!(testing::take_logs().len(), 1);
+
+        glue::detector_init(&SLOT, Vec::new()).unwrap();
+        assert_eq!(glue::detector_on_events(&SLOT, batch.clone()).len(), 1);
+        assert_eq!(glue::detector_on_events(&SLOT, batch.clone()).len(), 1);
+        assert_eq!(SLOT.with(|s| s.borrow().as_ref().map(|p| p.seen)), Some(2));
+
+        let err = glue::detector_init(&SLOT, vec![("fail".into(), true.into())]).unwrap_err();
+        assert_eq!(err, "asked to fail");
+        assert!(SLOT.with(|s| s.borrow().is_none()));
+        assert!(glue::detector_on_events(&SLOT, batch).is_empty());
+    }
+}

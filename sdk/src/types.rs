@@ -591,3 +591,133 @@ impl ConfigValue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::palisade::plugin::types::{ExecData, FileRenameData, MountData};
+
+    #[test]
+    fn priority_order_parse_and_names() {
+        assert!(Priority::Critical.is_at_least(Priority::Error));
+        assert!(Priority::Error.is_at_least(Priority::Error));
+        assert!(!Priority::Warning.is_at_least(Priority::Error));
+        assert_eq!(Priority::parse("CRITICAL"), Some(Priority::Critical));
+        assert_eq!(Priority::parse("info"), Some(Priority::Informational));
+        assert_eq!(Priority::parse("loud"), None);
+        for p in Priority::ALL {
+            assert_eq!(Priority::parse(p.as_str()), Some(p));
+        }
+    }
+
+    #[test]
+    fn event_kind_names_match_the_replay_schema() {
+        assert_eq!(EventKind::ALL.len(), 21);
+        assert_eq!(EventKind::FileOpen.as_str(), "file_open");
+        assert_eq!(EventKind::FdDup.to_string(), "fd_dup");
+        let mut names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 21, "names are distinct");
+    }
+
+    #[test]
+    fn plugin_info_builders() {
+        let info = PluginInfo::detector("x", "1.0.0", "d")
+            .subscribe(Subscription::all().uid_range(1000, 2000))
+            .config("k", 1)
+            .config("k", "two")
+            .config("list", ["a"]);
+        assert_eq!(info.kind, PluginKind::Detector);
+        assert_eq!(info.subscriptions[0].kinds.len(), 21);
+        assert_eq!(info.subscriptions[0].uid_min, Some(1000));
+        assert_eq!(
+            info.default_config,
+            vec![
+                ("k".to_string(), ConfigValue::Text("two".into())),
+                ("list".to_string(), ConfigValue::TextList(vec!["a".into()])),
+            ]
+        );
+        let resp = PluginInfo::responder("r", "1.0.0", "d")
+            .alerts(
+                AlertFilter::at_least(Priority::Error)
+                    .rule("shell-*")
+                    .tag("T1059"),
+            )
+            .capability(Capability::Notify)
+            .capabilities(ALL_CAPABILITIES);
+        assert_eq!(resp.kind, PluginKind::Responder);
+        assert_eq!(resp.capabilities.len(), 7, "no duplicates");
+        let filter = resp.alert_filter.unwrap();
+        assert_eq!(
+            (filter.rules, filter.tags),
+            (vec!["shell-*".into()], vec!["T1059".into()])
+        );
+    }
+
+    #[test]
+    fn alert_builder_and_process_fields() {
+        let p = Process::new(42, "cat", "/usr/bin/cat")
+            .with_args(["cat", "/etc/shadow"])
+            .with_ancestor(7, "bash", "/bin/bash")
+            .with_ancestor(1, "systemd", "/usr/lib/systemd/systemd")
+            .with_uid(1000);
+        let a = Alert::new("r", Priority::Warning, "m")
+            .tag("T1")
+            .tags(["T2"])
+            .field("n", 5)
+            .process_fields(&p);
+        assert!(a.has_tag("T2"));
+        assert_eq!(a.get_field("n"), Some("5"));
+        assert_eq!(a.get_field("proc.ppid"), Some("7"));
+        assert_eq!(a.get_field("proc.pname"), Some("bash"));
+        assert_eq!(a.get_field("proc.cmdline"), Some("cat /etc/shadow"));
+        assert_eq!(a.get_field("user.uid"), Some("1000"));
+        assert_eq!(a.get_field("container.id"), Some("host"));
+        assert_eq!(p.exe_name(), "cat");
+        assert_eq!(Process::new(1, "kworker", "").exe_name(), "kworker");
+        assert_eq!(Process::new(1, "x", "").cmdline(), "x");
+    }
+
+    #[test]
+    fn event_paths_and_kinds() {
+        let exec = EventData::Exec(ExecData {
+            filename: "/bin/sh".into(),
+            args: vec![],
+            args_truncated: false,
+        });
+        assert_eq!(
+            (exec.kind(), exec.path()),
+            (EventKind::Exec, Some("/bin/sh"))
+        );
+        let rename = EventData::FileRename(FileRenameData {
+            from: "/a".into(),
+            to: "/b".into(),
+        });
+        assert_eq!(rename.path(), Some("/b"));
+        let mount = EventData::Mount(MountData {
+            source: "x".into(),
+            target: "/mnt".into(),
+            fstype: "tmpfs".into(),
+        });
+        assert_eq!(mount.path(), Some("/mnt"));
+        assert_eq!(EventData::ModuleLoad("nf_tables".into()).path(), None);
+        assert_eq!(EventData::ModuleLoad("/x.ko".into()).path(), Some("/x.ko"));
+        assert_eq!(EventData::Exit(0).path(), None);
+    }
+
+    #[test]
+    fn batch_push_shares_processes() {
+        let mut b = EventBatch::new();
+        let p = Process::new(1, "a", "/a");
+        let q = Process::new(2, "b", "/b");
+        assert_eq!(b.push(&p, 1, EventData::Exit(0)), 0);
+        assert_eq!(b.push(&q, 2, EventData::Exit(0)), 1);
+        assert_eq!(b.push(&p, 3, EventData::Exit(0)), 2);
+        assert_eq!(b.processes.len(), 2);
+        assert_eq!(
+            b.events.iter().map(|e| e.process).collect::<Vec<_>>(),
+            vec![0, 1, 0]
+        );
+    }
+}
