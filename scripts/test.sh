@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: guest plugins built from source, the workspace tests (unit, golden,
+# sandbox, hot reload, replay), the guests' native unit tests, and lints. Kernel tests run when
+# root (CI is root) and say loudly when they are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo xtask build-plugins
+cargo test --no-fail-fast
+cargo xtask test-plugins
+cargo fmt --all -- --check
+cargo clippy -p palisade-host -p palisade-sdk -p palisade-xtask -p palisade-common --all-targets -- -D warnings
