@@ -3,7 +3,6 @@
 //! `src/ebpf/` embeds. Only with the `ebpf` feature: without it this script does nothing, so a
 //! default build needs neither nightly nor bpf-linker.
 
-#[expect(clippy::print_stderr, reason = "a build script reports through stderr")]
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
@@ -21,6 +20,7 @@ mod ebpf {
     /// nightly name can be given instead of the floating `nightly`.
     const TOOLCHAIN_ENV: &str = "PALISADE_EBPF_TOOLCHAIN";
 
+    #[expect(clippy::print_stderr, reason = "a build script reports through stderr")]
     pub fn build() {
         println!("cargo:rerun-if-env-changed={TOOLCHAIN_ENV}");
         let manifest_dir =

@@ -229,8 +229,8 @@ const _: () = assert!(core::mem::size_of::<ExecRecord>() == 56 + 16 + PATH_LEN +
 const _: () = assert!(core::mem::size_of::<ArgsScratch>() == 16 + ARGS_LEN + ARG_READ_MAX);
 const _: () = assert!(core::mem::size_of::<AcceptStash>() == 16);
 // Every record is a multiple of 8 so ring-buffer records stay aligned for the u64 fields.
-const _: () = assert!(core::mem::size_of::<ExecRecord>() % 8 == 0);
-const _: () = assert!(core::mem::size_of::<Path2Record>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<Path2Record>().is_multiple_of(8));
 const _: () = assert!(KIND_COUNT <= COUNTER_LOST - COUNTER_EMITTED);
 // Masked-offset trick in the exec program needs power-of-two sizes.
 const _: () = assert!(ARGS_LEN.is_power_of_two() && ARG_READ_MAX.is_power_of_two());

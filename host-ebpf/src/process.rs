@@ -210,7 +210,20 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         // A new thread is not a new process; parentage is per process.
         return 0;
     }
-    emit_small(KIND_FORK, [child as u32 as u64, clone_flags, 0, 0]);
+    // Not filtered for the daemon: userspace needs the daemon's forks to know its children's
+    // parent, and drops the event itself after updating the process cache.
+    // SAFETY: helper without arguments.
+    let pid_tgid = unsafe { h::bpf_get_current_pid_tgid() };
+    let Some(mut entry) = reserve::<SmallRecord>(KIND_FORK) else {
+        return 0;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is the live reservation.
+    unsafe {
+        fill_header(&raw mut (*r).hdr, KIND_FORK, pid_tgid);
+        (*r).arg = [child as u32 as u64, clone_flags, 0, 0];
+    }
+    submit(entry, KIND_FORK);
     0
 }
 

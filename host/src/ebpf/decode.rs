@@ -55,6 +55,7 @@ impl Clock {
     }
 }
 
+/// `clock_gettime` in ns (x86_64/aarch64: `time_t` and `c_long` are i64).
 fn clock_ns(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -66,9 +67,9 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
     if rc != 0 {
         return 0;
     }
-    (ts.tv_sec as i64)
+    ts.tv_sec
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as i64)
+        .saturating_add(ts.tv_nsec)
 }
 
 /// Decodes one ring-buffer record. Never panics, whatever the bytes.

@@ -117,6 +117,8 @@ pub struct EbpfStats {
     pub decode_errors: AtomicU64,
     /// Events handed to the sink.
     pub delivered: AtomicU64,
+    /// The daemon's own fork records, used for the process cache and not delivered.
+    pub own_dropped: AtomicU64,
 }
 
 /// Kernel-side counters summed over CPUs, per kind (index = `EventKind as usize`).
@@ -283,6 +285,7 @@ impl EventSource for EbpfSource {
             clock: self.clock,
             poll_ms: self.config.poll_ms as i32,
             stats: &self.stats,
+            own_pid: std::process::id(),
         };
         let events = reader.run(sink, stop);
         let counters = self.counters.read();

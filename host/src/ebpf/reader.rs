@@ -22,6 +22,8 @@ pub(super) struct Reader<'a> {
     pub clock: Clock,
     pub poll_ms: i32,
     pub stats: &'a EbpfStats,
+    /// The daemon's tgid (its forks reach userspace, see `drain`).
+    pub own_pid: u32,
 }
 
 impl Reader<'_> {
@@ -44,6 +46,12 @@ impl Reader<'_> {
                 Ok(mut event) => {
                     drop(item);
                     self.procs.enrich(&mut event);
+                    // The kernel passes the daemon's own forks through so its children get a
+                    // parent in the cache; they are not delivered.
+                    if event.process.pid == self.own_pid {
+                        self.stats.own_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     sink.submit(event, Delivery::NeverBlock);
                     delivered += 1;
                 }
