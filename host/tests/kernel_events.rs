@@ -786,6 +786,7 @@ fn loss_is_counted_never_silent() {
     reader.join().unwrap();
     let emitted = k1.emitted_of(EventKind::FileOpen) - k0.emitted_of(EventKind::FileOpen);
     let lost = k1.lost_of(EventKind::FileOpen) - k0.lost_of(EventKind::FileOpen);
+    eprintln!("loss_is_counted_never_silent: ops {ops}, emitted {emitted}, lost {lost}");
     assert!(
         lost > 0,
         "a full ring must count losses (ops {ops}, emitted {emitted})"
