@@ -25,6 +25,8 @@ pub const ARG_READ_MAX: usize = 256;
 pub const MAX_ARGS: usize = 32;
 /// Length of the short string slot (mount fstype).
 pub const SHORT_LEN: usize = 32;
+/// Bytes of a unix socket path carried by a `SockRecord` (sun_path is 108; rounded to 8).
+pub const UNIX_PATH_LEN: usize = 112;
 /// Kernel task comm length.
 pub const COMM_LEN: usize = 16;
 
@@ -50,7 +52,7 @@ pub const KIND_FILE_CHOWN: u32 = 7;
 /// `Path2Record`: path = target (old), path2 = link (new), arg[0] = 1 when symbolic,
 /// arg[1] = linkat flags.
 pub const KIND_FILE_LINK: u32 = 8;
-/// `SockRecord`: daddr/dport from the user sockaddr.
+/// `SockRecord`: daddr/dport (or unix_path) from the user sockaddr.
 pub const KIND_NET_CONNECT: u32 = 9;
 /// `SockRecord`: daddr/dport = peer from the user sockaddr filled by accept.
 pub const KIND_NET_ACCEPT: u32 = 10;
@@ -93,6 +95,9 @@ pub const FLAG_PATH2_TRUNCATED: u32 = 1 << 1;
 pub const FLAG_ARGS_TRUNCATED: u32 = 1 << 2;
 /// `Header::flags`: a user-memory read failed; the affected field is empty.
 pub const FLAG_READ_FAILED: u32 = 1 << 3;
+/// `Header::flags`: `SockRecord::unix_path` names an abstract socket (sun_path began with NUL,
+/// which the kernel program skipped).
+pub const FLAG_UNIX_ABSTRACT: u32 = 1 << 4;
 
 /// Per-CPU counter array (`COUNTERS` map), indexed by these bases plus a kind.
 pub const COUNTER_EMITTED: u32 = 0;
@@ -179,6 +184,8 @@ pub struct SockRecord {
     pub _pad: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// AF_UNIX only: the socket path (NUL-terminated; see `FLAG_UNIX_ABSTRACT`).
+    pub unix_path: [u8; UNIX_PATH_LEN],
 }
 
 /// An exec: the new image's filename and the argv captured at `sys_enter_execve(at)`.
@@ -224,7 +231,7 @@ const _: () = assert!(core::mem::size_of::<Header>() == 56);
 const _: () = assert!(core::mem::size_of::<SmallRecord>() == 56 + 32);
 const _: () = assert!(core::mem::size_of::<PathRecord>() == 56 + 32 + PATH_LEN);
 const _: () = assert!(core::mem::size_of::<Path2Record>() == 56 + 32 + 2 * PATH_LEN + SHORT_LEN);
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 56 + 16 + 32);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 56 + 16 + 32 + UNIX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 56 + 16 + PATH_LEN + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ArgsScratch>() == 16 + ARGS_LEN + ARG_READ_MAX);
 const _: () = assert!(core::mem::size_of::<AcceptStash>() == 16);

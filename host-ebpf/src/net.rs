@@ -10,12 +10,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use palisade_common::{
-    AcceptStash, SockRecord, FLAG_READ_FAILED, KIND_NET_ACCEPT, KIND_NET_CONNECT, KIND_NET_LISTEN,
-    KIND_SOCKET,
+    AcceptStash, SockRecord, FLAG_READ_FAILED, FLAG_UNIX_ABSTRACT, KIND_NET_ACCEPT,
+    KIND_NET_CONNECT, KIND_NET_LISTEN, KIND_SOCKET,
 };
 
-use crate::{begin, file::arg, fill_header, process::emit_small, reserve, submit, DAEMON_TGID};
+use crate::{
+    begin, file::arg, fill_header, process::emit_small, read_user_str, reserve, submit, DAEMON_TGID,
+};
 
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const TCP_LISTEN: i32 = 10;
@@ -109,6 +112,7 @@ fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
         (*r).daddr = [0; 16];
         (*r).family = 0;
         (*r).dport = 0;
+        (*r).unix_path[0] = 0;
         // family (u16) and port (u16, network order) head every inet sockaddr.
         let mut head: [u8; 4] = [0; 4];
         if addr == 0 || h::bpf_probe_read_user((&raw mut head).cast(), 4, addr as *const _) < 0 {
@@ -118,7 +122,15 @@ fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
         } else {
             let family = u16::from_ne_bytes([head[0], head[1]]);
             (*r).family = family;
-            if family == AF_INET || family == AF_INET6 {
+            if family == AF_UNIX {
+                // sun_path at offset 2; an abstract name starts with NUL and is read from 3.
+                let (src, flag) = if head[2] == 0 {
+                    (addr + 3, FLAG_UNIX_ABSTRACT)
+                } else {
+                    (addr + 2, 0)
+                };
+                (*r).hdr.flags |= flag | read_user_str(&raw mut (*r).unix_path, src, 0);
+            } else if family == AF_INET || family == AF_INET6 {
                 (*r).dport = u16::from_be_bytes([head[2], head[3]]);
                 let (off, len) = if family == AF_INET { (4, 4) } else { (8, 16) };
                 if h::bpf_probe_read_user(
@@ -161,6 +173,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         (*r).fd = -1;
         (*r)._pad = 0;
         (*r).daddr = [0; 16];
+        (*r).unix_path[0] = 0;
         (*r).saddr = if family == AF_INET6 {
             ctx.read_at::<[u8; 16]>(40).unwrap_or([0; 16])
         } else {

@@ -192,6 +192,9 @@ fn helper_entry() {
     let arg = std::env::var(ARG_ENV).unwrap_or_default();
     // SAFETY (all blocks below): plain syscalls with valid, NUL-terminated arguments.
     match action.as_str() {
+        "connect_unix" => {
+            let _ = std::os::unix::net::UnixStream::connect(arg.as_str()).unwrap();
+        }
         "connect" => {
             let _ = TcpStream::connect(arg.as_str()).unwrap();
         }
@@ -801,4 +804,31 @@ fn loss_is_counted_never_silent() {
     // check the total the reader handed over instead.
     let _ = pid;
     assert!(sink.all.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn net_connect_unix_socket_path() {
+    if skip("net_connect_unix_socket_path") {
+        return;
+    }
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir
+        .path()
+        .join("palisade.sock")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let pid = run_helper("connect_unix", &path);
+    let ev = f.events.wait_for("unix connect", |e| {
+        e.process.pid == pid && e.kind() == EventKind::NetConnect
+    });
+    let EventData::NetConnect(c) = &ev.data else {
+        unreachable!()
+    };
+    assert_eq!(
+        (c.family, c.daddr.as_str()),
+        (AddressFamily::Unix, path.as_str())
+    );
 }

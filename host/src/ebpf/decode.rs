@@ -171,8 +171,8 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
             link: p2_path2(),
             symbolic: p2_arg(0) == 1,
         },
-        abi::KIND_NET_CONNECT => EventData::NetConnect(connection(&r)),
-        abi::KIND_NET_ACCEPT => EventData::NetAccept(connection(&r)),
+        abi::KIND_NET_CONNECT => EventData::NetConnect(connection(&r, flags)),
+        abi::KIND_NET_ACCEPT => EventData::NetAccept(connection(&r, flags)),
         abi::KIND_NET_LISTEN => {
             let family = r.u16(offset_of!(abi::SockRecord, family));
             EventData::NetListen(ListenData {
@@ -225,9 +225,23 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
     })
 }
 
-/// Connect/accept: the remote end is the `d*` side of the record.
-fn connection(r: &Reader<'_>) -> ConnectionData {
+/// Connect/accept: the remote end is the `d*` side of the record. For AF_UNIX the socket path
+/// is the `daddr` (abstract names as `@name`).
+fn connection(r: &Reader<'_>, flags: u32) -> ConnectionData {
     let family = r.u16(offset_of!(abi::SockRecord, family));
+    if family == 1 {
+        let path = r.str(offset_of!(abi::SockRecord, unix_path), abi::UNIX_PATH_LEN);
+        return ConnectionData {
+            family: AddressFamily::Unix,
+            protocol: Protocol::Unknown,
+            daddr: if flags & abi::FLAG_UNIX_ABSTRACT != 0 {
+                format!("@{path}")
+            } else {
+                path
+            },
+            ..ConnectionData::default()
+        };
+    }
     ConnectionData {
         family: AddressFamily::from_af(family),
         protocol: Protocol::from_ipproto(r.u16(offset_of!(abi::SockRecord, protocol)) as u8),
@@ -399,6 +413,7 @@ mod tests {
             _pad: 0,
             saddr: [0; 16],
             daddr: [0; 16],
+            unix_path: [0; abi::UNIX_PATH_LEN],
         };
         rec.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let ev = decode(&bytes_of(&rec), Clock::default()).unwrap();
@@ -417,6 +432,17 @@ mod tests {
             panic!()
         };
         assert_eq!((c.family, c.daddr.as_str()), (AddressFamily::Inet6, "::1"));
+        rec.family = 1;
+        put_str(&mut rec.unix_path, "run/docker.sock");
+        rec.hdr.flags = abi::FLAG_UNIX_ABSTRACT;
+        let ev = decode(&bytes_of(&rec), Clock::default()).unwrap();
+        let EventData::NetConnect(c) = ev.data else {
+            panic!()
+        };
+        assert_eq!(
+            (c.family, c.daddr.as_str()),
+            (AddressFamily::Unix, "@run/docker.sock")
+        );
     }
 
     #[test]
