@@ -177,7 +177,9 @@ impl Pipeline {
     }
 
     fn shutdown(&mut self) -> u64 {
-        self.router = None;
+        if let Some(router) = self.router.take() {
+            router.close();
+        }
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 tracing::error!("a dispatch worker panicked");

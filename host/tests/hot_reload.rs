@@ -61,6 +61,7 @@ fn wait_version(h: &Harness, want: Option<&str>, timeout: Duration) -> Duration 
 
 #[test]
 fn add_replace_broken_replace_and_delete_while_events_flow() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
     let h = Harness::new("[engine]\nworkers = 2\nbatch_max = 16\nbatch_linger_ms = 0\n");
     let dir = h.plugins_dir();
     let _watch = h.daemon.watch_dir(dir.clone()).unwrap();
@@ -83,6 +84,15 @@ fn add_replace_broken_replace_and_delete_while_events_flow() {
             }
         })
     };
+
+    // Stops the feeder even when an assertion below panics, so the pipeline can drain.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+    let _stop_feeder = StopOnDrop(Arc::clone(&running));
 
     std::thread::sleep(Duration::from_millis(200));
     // Add.

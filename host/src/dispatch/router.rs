@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::event::source::{Delivery, EventSink};
@@ -13,7 +14,9 @@ use crate::plugin::registry::Registry;
 use crate::plugin::state::PipelineClock;
 
 pub struct Router {
-    shards: Vec<Sender<Arc<Event>>>,
+    /// Emptied by `close`, so workers see their queues disconnect even while sources still
+    /// hold the sink.
+    shards: ArcSwap<Vec<Sender<Arc<Event>>>>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     clock: Arc<PipelineClock>,
@@ -29,12 +32,19 @@ impl Router {
         source: &str,
     ) -> Self {
         Self {
-            shards,
+            shards: ArcSwap::from_pointee(shards),
             registry,
             metrics,
             clock,
             source: source.to_string(),
         }
+    }
+}
+
+impl Router {
+    /// Disconnects every worker queue; later submissions are counted as dropped.
+    pub fn close(&self) {
+        self.shards.store(Arc::new(Vec::new()));
     }
 }
 
@@ -44,10 +54,16 @@ impl EventSink for Router {
         self.clock.observe(event.ts_ns);
         let set = self.registry.snapshot();
         // Cheap first filter on the union of subscribed kinds; workers do the exact match.
-        if !set.kinds.contains(event.kind()) || self.shards.is_empty() {
+        if !set.kinds.contains(event.kind()) {
+            self.metrics.events_unrouted_total.inc();
             return;
         }
-        let shard = &self.shards[event.process.pid as usize % self.shards.len()];
+        let shards = self.shards.load();
+        if shards.is_empty() {
+            self.metrics.event_dropped(DropCause::QueueFull);
+            return;
+        }
+        let shard = &shards[event.process.pid as usize % shards.len()];
         let event = Arc::new(event);
         self.metrics.events_routed_total.inc();
         match delivery {
