@@ -38,8 +38,9 @@ pub const KIND_EXEC: u32 = 0;
 pub const KIND_EXIT: u32 = 1;
 /// `SmallRecord`: arg[0] = child pid, arg[1] = clone flags.
 pub const KIND_FORK: u32 = 2;
-/// `PathRecord`: arg[0] = flags, arg[1] = mode, arg[2] = dirfd (as i64), arg[3] = openat2
-/// resolve flags.
+/// `PathRecord`: arg[0] = flags, arg[1] = mode, arg[2] = dirfd (as i64), arg[3] = the
+/// syscall's return (fd or -errno, as i64) when `FLAG_HAS_RESULT` is set. Emitted at syscall exit
+/// (path pointer stashed at entry) when `CONFIG_OPEN_AT_EXIT` is on, else at entry.
 pub const KIND_FILE_OPEN: u32 = 3;
 /// `Path2Record`: path = from, path2 = to, arg[0] = flags.
 pub const KIND_FILE_RENAME: u32 = 4;
@@ -98,6 +99,8 @@ pub const FLAG_READ_FAILED: u32 = 1 << 3;
 /// `Header::flags`: `SockRecord::unix_path` names an abstract socket (sun_path began with NUL,
 /// which the kernel program skipped).
 pub const FLAG_UNIX_ABSTRACT: u32 = 1 << 4;
+/// `Header::flags`: the record carries the syscall's return value (file open).
+pub const FLAG_HAS_RESULT: u32 = 1 << 5;
 
 /// Per-CPU counter array (`COUNTERS` map), indexed by these bases plus a kind.
 pub const COUNTER_EMITTED: u32 = 0;
@@ -111,6 +114,13 @@ pub const COUNTER_SLOTS: u32 = 96;
 /// Map names, as the ELF symbols aya looks them up by (kernel truncates to 15 bytes).
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Runtime switches (`Array<u64>`), written by the loader after attaching; indices below.
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const CONFIG_SLOTS: u32 = 8;
+/// Non-zero once every `sys_exit_open*` probe is attached: opens are then reported at exit
+/// with their result. Zero (the default) reports them at entry, so a missing exit hook never
+/// loses opens.
+pub const CONFIG_OPEN_AT_EXIT: u32 = 0;
 /// Load-time globals (`.rodata`, set with `EbpfLoader::override_global`).
 pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
@@ -217,6 +227,17 @@ pub struct ArgsScratch {
     pub args: [u8; ARGS_LEN + ARG_READ_MAX],
 }
 
+/// Per-thread open arguments, stashed at `sys_enter_open*` and emitted at `sys_exit_open*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenStash {
+    /// User pointer to the path.
+    pub path_ptr: u64,
+    pub flags: u64,
+    pub mode: u64,
+    pub dirfd: u64,
+}
+
 /// Per-thread syscall stash for calls whose data is known only at exit (accept's peer address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -235,6 +256,7 @@ const _: () = assert!(core::mem::size_of::<SockRecord>() == 56 + 16 + 32 + UNIX_
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 56 + 16 + PATH_LEN + ARGS_LEN);
 const _: () = assert!(core::mem::size_of::<ArgsScratch>() == 16 + ARGS_LEN + ARG_READ_MAX);
 const _: () = assert!(core::mem::size_of::<AcceptStash>() == 16);
+const _: () = assert!(core::mem::size_of::<OpenStash>() == 32);
 // Every record is a multiple of 8 so ring-buffer records stay aligned for the u64 fields.
 const _: () = assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Path2Record>().is_multiple_of(8));

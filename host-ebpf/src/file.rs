@@ -3,13 +3,30 @@
 //! caller passed them (relative paths are not resolved in the kernel). Offsets come from
 //! `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`: argument n is at 16 + 8n.
 
-use aya_ebpf::{helpers::generated as h, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::generated as h,
+    macros::{map, tracepoint},
+    maps::{Array, HashMap},
+    programs::TracePointContext,
+};
 use palisade_common::{
-    Path2Record, PathRecord, FLAG_PATH2_TRUNCATED, FLAG_PATH_TRUNCATED, KIND_FILE_CHMOD,
-    KIND_FILE_CHOWN, KIND_FILE_LINK, KIND_FILE_OPEN, KIND_FILE_RENAME, KIND_FILE_UNLINK,
+    OpenStash, Path2Record, PathRecord, CONFIG_OPEN_AT_EXIT, CONFIG_SLOTS, FLAG_HAS_RESULT,
+    FLAG_PATH2_TRUNCATED, FLAG_PATH_TRUNCATED, KIND_FILE_CHMOD, KIND_FILE_CHOWN, KIND_FILE_LINK,
+    KIND_FILE_OPEN, KIND_FILE_RENAME, KIND_FILE_UNLINK,
 };
 
 use crate::{begin, fill_header, read_user_str, reserve, submit};
+
+/// Runtime switches written by the loader (`CONFIG_*` indices).
+#[map]
+static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// Open arguments by thread id, between `sys_enter_open*` and `sys_exit_open*`. A plain
+/// preallocated hash (an LRU hash measured far slower here); a thread killed inside open leaves
+/// a stale entry that its tid's next open overwrites, and when the map is full the entry hook
+/// reports the open itself (without a result) instead of losing it.
+#[map]
+static OPEN_STASH: HashMap<u32, OpenStash> = HashMap::with_max_entries(16384, 0);
 
 /// AT_FDCWD as the u64 the tracepoint carries.
 const AT_FDCWD: u64 = -100i64 as u64;
@@ -26,6 +43,12 @@ pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// Emits a `PathRecord` with the user string at `path` and integers `a`.
 #[inline(always)]
 pub(crate) fn emit_path(kind: u32, path: u64, a: [u64; 4]) {
+    emit_path_flags(kind, path, a, 0);
+}
+
+/// [`emit_path`] with extra header flags.
+#[inline(always)]
+fn emit_path_flags(kind: u32, path: u64, a: [u64; 4], flags: u32) {
     let Some(pid_tgid) = begin(kind) else {
         return;
     };
@@ -37,7 +60,7 @@ pub(crate) fn emit_path(kind: u32, path: u64, a: [u64; 4]) {
     unsafe {
         fill_header(&raw mut (*r).hdr, kind, pid_tgid);
         (*r).arg = a;
-        (*r).hdr.flags |= read_user_str(&raw mut (*r).path, path, FLAG_PATH_TRUNCATED);
+        (*r).hdr.flags |= flags | read_user_str(&raw mut (*r).path, path, FLAG_PATH_TRUNCATED);
     }
     submit(entry, kind);
 }
@@ -65,31 +88,19 @@ pub(crate) fn emit_path2(kind: u32, p1: u64, p2: u64, short: u64, a: [u64; 4]) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    emit_path(
-        KIND_FILE_OPEN,
-        arg(&ctx, 1),
-        [arg(&ctx, 2), arg(&ctx, 3), arg(&ctx, 0), 0],
-    );
+    open_enter(arg(&ctx, 1), arg(&ctx, 2), arg(&ctx, 3), arg(&ctx, 0));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    emit_path(
-        KIND_FILE_OPEN,
-        arg(&ctx, 0),
-        [arg(&ctx, 1), arg(&ctx, 2), AT_FDCWD, 0],
-    );
+    open_enter(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), AT_FDCWD);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_creat")]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    emit_path(
-        KIND_FILE_OPEN,
-        arg(&ctx, 0),
-        [O_CREAT_WRONLY_TRUNC, arg(&ctx, 1), AT_FDCWD, 0],
-    );
+    open_enter(arg(&ctx, 0), O_CREAT_WRONLY_TRUNC, arg(&ctx, 1), AT_FDCWD);
     0
 }
 
@@ -118,11 +129,76 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
             );
         }
     }
-    emit_path(
+    // resolve flags are not carried (the record's last slot holds the result).
+    open_enter(arg(&ctx, 1), how.flags, how.mode, arg(&ctx, 0));
+    0
+}
+
+/// Open entry: stash for the exit hook, or emit now when exit reporting is off.
+#[inline(always)]
+fn open_enter(path: u64, flags: u64, mode: u64, dirfd: u64) {
+    let at_exit = CONFIG.get(CONFIG_OPEN_AT_EXIT).copied().unwrap_or(0) != 0;
+    if !at_exit {
+        emit_path(KIND_FILE_OPEN, path, [flags, mode, dirfd, 0]);
+        return;
+    }
+    let Some(pid_tgid) = begin(KIND_FILE_OPEN) else {
+        return;
+    };
+    let stash = OpenStash {
+        path_ptr: path,
+        flags,
+        mode,
+        dirfd,
+    };
+    if OPEN_STASH.insert(&(pid_tgid as u32), &stash, 0).is_err() {
+        emit_path(KIND_FILE_OPEN, path, [flags, mode, dirfd, 0]);
+    }
+}
+
+/// Open exit: emit the stashed open with its result. The path is read from user memory now;
+/// the caller's buffer is still live (the syscall has not returned to user space yet).
+#[inline(always)]
+fn open_exit(ctx: &TracePointContext) {
+    // SAFETY: helper without arguments.
+    let tid = unsafe { h::bpf_get_current_pid_tgid() } as u32;
+    let Some(stash) = OPEN_STASH.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup; copied before the entry is removed.
+    let stash = unsafe { *stash };
+    let _ = OPEN_STASH.remove(&tid);
+    // SAFETY: sys_exit_* records carry `long ret` at offset 16.
+    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    emit_path_flags(
         KIND_FILE_OPEN,
-        arg(&ctx, 1),
-        [how.flags, how.mode, arg(&ctx, 0), how.resolve],
+        stash.path_ptr,
+        [stash.flags, stash.mode, stash.dirfd, ret as u64],
+        FLAG_HAS_RESULT,
     );
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_creat")]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
     0
 }
 

@@ -365,6 +365,11 @@ fn file_open_of_etc_hostname() {
         unreachable!()
     };
     assert_eq!(o.flags & 3, libc::O_RDONLY as u32);
+    assert!(
+        matches!(o.result, Some(fd) if fd >= 0),
+        "open result {:?}",
+        o.result
+    );
     assert_eq!(open.process.exe, "/bin/cat");
     assert_eq!(open.process.args, ["/bin/cat", "/etc/hostname"]);
     assert_eq!(open.process.ppid, std::process::id());
@@ -722,7 +727,13 @@ fn bench_open_loop() {
     let path = file.path().to_str().unwrap().to_owned();
     let (_, base_ops) = open_loop(&path, SECS, u64::MAX);
 
-    let mut source = EbpfSource::load(EbpfConfig::default()).unwrap();
+    // PALISADE_BENCH_OPEN_RESULTS=0 measures entry-only open reporting.
+    let open_results = std::env::var("PALISADE_BENCH_OPEN_RESULTS").map_or(true, |v| v != "0");
+    let mut source = EbpfSource::load(EbpfConfig {
+        open_results,
+        ..EbpfConfig::default()
+    })
+    .unwrap();
     let counters = source.counters();
     let stats = source.stats();
     let sink = Arc::new(Counter::default());
@@ -746,7 +757,7 @@ fn bench_open_loop() {
     let lost = k1.lost_total() - k0.lost_total();
     let delivered = stats.delivered.load(Ordering::Relaxed);
     eprintln!(
-        "bench_open_loop: baseline {base} opens/s; with source {with} opens/s ({ratio:.2}x); \
+        "bench_open_loop (open_results={open_results}): baseline {base} opens/s; with source {with} opens/s ({ratio:.2}x); \
          kernel emitted {emitted} open events, lost {lost}; delivered {delivered} events total \
          ({rate} events/s); reader process CPU {cpu:.2}s over {SECS}s ({pct:.1}% of one core)",
         base = base_ops / SECS,
@@ -831,4 +842,27 @@ fn net_connect_unix_socket_path() {
         (c.family, c.daddr.as_str()),
         (AddressFamily::Unix, path.as_str())
     );
+}
+
+#[test]
+fn file_open_failure_carries_the_errno() {
+    if skip("file_open_failure_carries_the_errno") {
+        return;
+    }
+    let f = fixture();
+    let missing = "/nonexistent/palisade-missing-file";
+    let child = Command::new("/bin/cat")
+        .arg(missing)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    let open = f.events.wait_for("failed open", |e| {
+        e.process.pid == pid && matches!(&e.data, EventData::FileOpen(o) if o.path == missing)
+    });
+    let EventData::FileOpen(o) = &open.data else {
+        unreachable!()
+    };
+    assert_eq!(o.result, Some(-libc::ENOENT));
 }

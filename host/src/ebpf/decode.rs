@@ -150,7 +150,7 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
             path: path(),
             flags: path_arg(0) as u32,
             mode: path_arg(1) as u32,
-            result: None,
+            result: (flags & abi::FLAG_HAS_RESULT != 0).then(|| path_arg(3) as i64 as i32),
         }),
         abi::KIND_FILE_RENAME => EventData::FileRename {
             from: p2_path(),

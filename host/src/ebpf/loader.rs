@@ -3,7 +3,7 @@
 //! cannot load or attach (missing tracepoint, verifier refusal) is skipped, never fatal; only
 //! "nothing attached at all" is an error.
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use palisade_common as abi;
@@ -30,6 +30,14 @@ const fn tp(program: &'static str, category: &'static str) -> Probe {
     }
 }
 
+/// Exit hooks that must all be attached before opens are reported at exit (with their result).
+const OPEN_EXIT_PROBES: [&str; 4] = [
+    "sys_exit_openat",
+    "sys_exit_open",
+    "sys_exit_creat",
+    "sys_exit_openat2",
+];
+
 /// Every probe the object defines. Order: argv capture before exec, so an exec is never seen
 /// without its capture hook.
 pub const PROBES: &[Probe] = &[
@@ -44,6 +52,10 @@ pub const PROBES: &[Probe] = &[
     tp("sys_enter_open", "syscalls"),
     tp("sys_enter_creat", "syscalls"),
     tp("sys_enter_openat2", "syscalls"),
+    tp("sys_exit_openat", "syscalls"),
+    tp("sys_exit_open", "syscalls"),
+    tp("sys_exit_creat", "syscalls"),
+    tp("sys_exit_openat2", "syscalls"),
     tp("sys_enter_rename", "syscalls"),
     tp("sys_enter_renameat", "syscalls"),
     tp("sys_enter_renameat2", "syscalls"),
@@ -89,6 +101,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     pub wakeup_bytes: u64,
     pub daemon_tgid: u32,
+    /// Report opens at syscall exit with their result (when every exit hook attaches).
+    pub open_results: bool,
 }
 
 /// A loaded, attached object and the maps the reader needs.
@@ -121,6 +135,12 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
             Err(reason) => failed.push((probe.program, reason)),
         }
     }
+    // Switch opens to exit reporting only when every exit hook is in place; otherwise the entry
+    // hooks keep reporting (without a result) and nothing is lost.
+    let open_at_exit = opts.open_results && OPEN_EXIT_PROBES.iter().all(|p| attached.contains(p));
+    if open_at_exit {
+        set_config(&mut ebpf, abi::CONFIG_OPEN_AT_EXIT, 1)?;
+    }
     let failed_list: Vec<String> = failed
         .iter()
         .map(|(p, why)| format!("{p} ({why})"))
@@ -136,6 +156,7 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
         failed = failed.len(),
         hooks = %attached.join(","),
         failures = %failed_list.join("; "),
+        open_at_exit,
         "ebpf probes attached"
     );
 
@@ -168,6 +189,23 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
         attached,
         failed,
     })
+}
+
+fn set_config(ebpf: &mut Ebpf, index: u32, value: u64) -> Result<(), EbpfError> {
+    let map = ebpf.map_mut(abi::MAP_CONFIG).ok_or(EbpfError::MissingMap {
+        map: abi::MAP_CONFIG,
+    })?;
+    let mut config: Array<&mut MapData, u64> =
+        Array::try_from(map).map_err(|source| EbpfError::Map {
+            map: abi::MAP_CONFIG,
+            source: Box::new(source),
+        })?;
+    config
+        .set(index, value, 0)
+        .map_err(|source| EbpfError::Map {
+            map: abi::MAP_CONFIG,
+            source: Box::new(source),
+        })
 }
 
 fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), String> {

@@ -77,6 +77,9 @@ pub struct EbpfConfig {
     pub poll_ms: u32,
     /// Cached processes at most.
     pub process_capacity: usize,
+    /// Report file opens at syscall exit with their result (fd or -errno). Costs a second
+    /// tracepoint and a hash stash per open (see docs/performance.md); off reports at entry.
+    pub open_results: bool,
 }
 
 impl Default for EbpfConfig {
@@ -86,6 +89,7 @@ impl Default for EbpfConfig {
             wakeup_bytes: abi::DEFAULT_WAKEUP_BYTES,
             poll_ms: 10,
             process_capacity: procs::DEFAULT_CAPACITY,
+            open_results: true,
         }
     }
 }
@@ -226,6 +230,7 @@ impl EbpfSource {
             // A threshold above a quarter of the ring would let it fill between timer drains.
             wakeup_bytes: config.wakeup_bytes.min(u64::from(config.ring_bytes / 4)),
             daemon_tgid: std::process::id(),
+            open_results: config.open_results,
         })?;
         let clock = Clock::now();
         let mut procs = ProcessCache::seeded(config.process_capacity);

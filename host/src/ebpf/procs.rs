@@ -183,8 +183,11 @@ impl ProcessCache {
                 return;
             }
             EventData::FdDup { newfd, oldfd, .. } => {
-                let kind = fd_target_kind(&self.proc_root, rec.pid, *newfd)
-                    .or_else(|| fd_target_kind(&self.proc_root, rec.pid, *oldfd));
+                // The record is emitted at syscall entry and may be read before the dup happens:
+                // `oldfd` names the target both before and after (until the process closes it),
+                // `newfd` only after. Racy either way; `Unknown` when neither can be read.
+                let kind = fd_target_kind(&self.proc_root, rec.pid, *oldfd)
+                    .or_else(|| fd_target_kind(&self.proc_root, rec.pid, *newfd));
                 if let (Some(kind), EventData::FdDup { target_kind, .. }) = (kind, &mut event.data)
                 {
                     *target_kind = kind;
