@@ -192,6 +192,22 @@ fn helper_entry() {
     let arg = std::env::var(ARG_ENV).unwrap_or_default();
     // SAFETY (all blocks below): plain syscalls with valid, NUL-terminated arguments.
     match action.as_str() {
+        "memfd_exec" => unsafe {
+            // Fileless execution: copy /bin/true into a memfd and fexecve it.
+            let name = cstr("palisade-fileless");
+            let fd = libc::memfd_create(name.as_ptr(), 0);
+            assert!(fd >= 0);
+            let image = std::fs::read("/bin/true").unwrap();
+            assert_eq!(
+                libc::write(fd, image.as_ptr().cast(), image.len()),
+                image.len() as isize
+            );
+            let (a0, a1) = (cstr("fileless"), cstr("from-memfd"));
+            let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            libc::fexecve(fd, argv.as_ptr(), envp.as_ptr());
+            panic!("fexecve failed: {}", std::io::Error::last_os_error());
+        },
         "connect_unix" => {
             let _ = std::os::unix::net::UnixStream::connect(arg.as_str()).unwrap();
         }
@@ -538,19 +554,26 @@ fn fd_dup_of_a_socket_onto_stdout() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let pid = run_helper("dup_socket", &format!("127.0.0.1:{port}"));
-    let ev = f.events.wait_for("dup2 onto 1", |e| {
-        e.process.pid == pid && matches!(e.data, EventData::FdDup { newfd: 1, .. })
+    // The helper's own stdio setup (std's pre-exec dup2 of /dev/null onto 0-2, same pid) is
+    // reported too, as a file; the reverse-shell-like dup is the one onto a socket.
+    let ev = f.events.wait_for("dup2 of a socket onto 1", |e| {
+        e.process.pid == pid
+            && matches!(
+                e.data,
+                EventData::FdDup {
+                    newfd: 1,
+                    target_kind: FdTargetKind::Socket,
+                    ..
+                }
+            )
     });
-    assert!(
-        matches!(
-            ev.data,
-            EventData::FdDup {
-                target_kind: FdTargetKind::Socket,
-                ..
-            }
-        ),
-        "{:?}",
-        ev.data
+    let EventData::FdDup { oldfd, .. } = ev.data else {
+        unreachable!()
+    };
+    assert!(oldfd > 2);
+    assert_eq!(
+        ev.process.exe,
+        std::env::current_exe().unwrap().to_str().unwrap()
     );
 }
 
@@ -865,4 +888,29 @@ fn file_open_failure_carries_the_errno() {
         unreachable!()
     };
     assert_eq!(o.result, Some(-libc::ENOENT));
+}
+
+#[test]
+fn exec_from_a_memfd() {
+    if skip("exec_from_a_memfd") {
+        return;
+    }
+    let f = fixture();
+    let pid = run_helper("memfd_exec", "");
+    f.events.wait_for("memfd_create", |e| {
+        e.process.pid == pid
+            && matches!(&e.data, EventData::MemfdCreate { name, .. } if name == "palisade-fileless")
+    });
+    let exec = f.events.wait_for("exec from memfd", |e| {
+        e.process.pid == pid
+            && matches!(&e.data, EventData::Exec(x) if x.args == ["fileless", "from-memfd"])
+    });
+    let EventData::Exec(x) = &exec.data else {
+        unreachable!()
+    };
+    assert!(
+        x.filename.starts_with("/dev/fd/"),
+        "filename {:?}",
+        x.filename
+    );
 }
