@@ -125,6 +125,20 @@ pub enum PluginCommand {
         /// The plugin's .wasm file; a sidecar <stem>.toml beside it is checked too.
         file: PathBuf,
     },
+    /// Replay an event file through one detector and compare its alerts with a golden file.
+    Test {
+        /// The detector's .wasm file (its sidecar beside it applies).
+        plugin: PathBuf,
+        /// Events, JSON Lines (docs/events.md).
+        #[arg(long)]
+        events: PathBuf,
+        /// Golden alerts file (JSON); compared, or written with --bless.
+        #[arg(long)]
+        expect: PathBuf,
+        /// Write the golden file from this run instead of comparing.
+        #[arg(long)]
+        bless: bool,
+    },
 }
 
 fn overrides(common: &CommonArgs, cli: &Cli) -> Overrides {
@@ -173,6 +187,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => cmd_run(&cli, args),
         Command::Replay(args) => cmd_replay(&cli, args),
         Command::Plugin(PluginCommand::Check { file }) => cmd_plugin_check(&cli, file),
+        Command::Plugin(PluginCommand::Test { plugin, events, expect, bless }) => {
+            Ok(crate::plugin::testing::cmd_plugin_test(cli.log_level.as_deref(), plugin, events, expect, *bless)?)
+        }
     }
 }
 

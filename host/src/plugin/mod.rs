@@ -11,6 +11,7 @@ pub mod instance;
 pub mod registry;
 pub mod state;
 pub mod subscription;
+pub mod testing;
 
 use crate::capability::CapabilitySet;
 use manifest::PluginConfig;

@@ -1,0 +1,143 @@
+//! The detector pack's fixtures: every `plugins/<name>/fixtures/{positive,negative}.jsonl` is
+//! replayed through the built `<name>.wasm` with `palisade plugin test`'s logic and compared
+//! with its `<kind>.expected.json` golden file (`BLESS=1` rewrites them). Negative fixtures must
+//! raise nothing at warning or above; positive ones must raise something. No root needed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use palisade::alert::Priority;
+use palisade::plugin::testing::{run_test, Golden, Outcome, ReplayOptions};
+
+fn options() -> ReplayOptions {
+    ReplayOptions {
+        cache_dir: Some(support::cache_dir()),
+    }
+}
+
+/// (plugin name, fixtures dir) for every plugin crate that ships fixtures.
+fn fixture_dirs() -> Vec<(String, PathBuf)> {
+    let root = xtask::workspace_root().join("plugins");
+    let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| {
+            let dir = e.unwrap().path();
+            let fixtures = dir.join("fixtures");
+            fixtures.is_dir().then(|| {
+                (
+                    dir.file_name().unwrap().to_string_lossy().into_owned(),
+                    fixtures,
+                )
+            })
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn check(wasm: &Path, fixtures: &Path, kind: &str, bless: bool) -> Result<Golden, String> {
+    let events = fixtures.join(format!("{kind}.jsonl"));
+    let expect = fixtures.join(format!("{kind}.expected.json"));
+    if !events.is_file() {
+        return Err(format!("{} is missing", events.display()));
+    }
+    match run_test(wasm, &events, &expect, bless, &options()) {
+        Ok(Outcome::Passed { .. } | Outcome::Blessed { .. }) => {
+            Golden::load(&expect).map_err(|e| e.to_string())
+        }
+        Ok(Outcome::Failed { diff }) => Err(diff),
+        Err(e) => Err(format!("{}: {e}", events.display())),
+    }
+}
+
+#[test]
+fn every_pack_plugin_matches_its_golden_alerts() {
+    let bless = std::env::var_os("BLESS").is_some();
+    let dirs = fixture_dirs();
+    assert!(
+        dirs.len() >= 6,
+        "expected the pack's fixtures, found {dirs:?}"
+    );
+    let mut failures = Vec::new();
+    for (name, fixtures) in &dirs {
+        let wasm = support::plugin(name);
+        match check(&wasm, fixtures, "positive", bless) {
+            Ok(golden) if golden.alerts.is_empty() => {
+                failures.push(format!("{name}: positive fixture raises no alert"))
+            }
+            Ok(_) => {}
+            Err(e) => failures.push(format!("{name} positive:\n{e}")),
+        }
+        match check(&wasm, fixtures, "negative", bless) {
+            Ok(golden) => {
+                for a in golden
+                    .alerts
+                    .iter()
+                    .filter(|a| a.priority.at_least(Priority::Warning))
+                {
+                    failures.push(format!(
+                        "{name}: negative fixture raises {} [{}] at event {:?}",
+                        a.rule,
+                        a.priority.as_str(),
+                        a.event
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{name} negative:\n{e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_mismatch_is_reported_per_alert() {
+    let (name, fixtures) = fixture_dirs()
+        .into_iter()
+        .find(|(n, _)| n == "falco-network")
+        .expect("falco-network fixtures");
+    let wasm = support::plugin(&name);
+    let dir = tempfile::tempdir().unwrap();
+    // The negative golden (no alert) against the positive events: every alert is unexpected.
+    let expect = dir.path().join("g.json");
+    std::fs::copy(fixtures.join("negative.expected.json"), &expect).unwrap();
+    let outcome = run_test(
+        &wasm,
+        &fixtures.join("positive.jsonl"),
+        &expect,
+        false,
+        &options(),
+    )
+    .unwrap();
+    let Outcome::Failed { diff } = outcome else {
+        panic!("expected a mismatch, got {outcome:?}")
+    };
+    assert!(diff.contains("alert #0: raised but not expected"), "{diff}");
+    assert!(
+        diff.contains("disallowed-ssh-connection-non-standard-port [notice]"),
+        "{diff}"
+    );
+    // Blessing writes the file; the same run then passes.
+    assert_eq!(
+        run_test(
+            &wasm,
+            &fixtures.join("positive.jsonl"),
+            &expect,
+            true,
+            &options()
+        )
+        .unwrap(),
+        Outcome::Blessed { alerts: 2 }
+    );
+    assert_eq!(
+        run_test(
+            &wasm,
+            &fixtures.join("positive.jsonl"),
+            &expect,
+            false,
+            &options()
+        )
+        .unwrap(),
+        Outcome::Passed { alerts: 2 }
+    );
+}
