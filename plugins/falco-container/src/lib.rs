@@ -352,7 +352,7 @@ impl Detector for FalcoContainer {
             }
             EventData::NetConnect(c)
                 if self.k8s_ports.contains(&c.dport)
-                    && self.k8s_addrs.iter().any(|a| *a == c.daddr)
+                    && self.k8s_addrs.contains(&c.daddr)
                     && !self.k8s_allowed.matches_process(p) =>
             {
                 alerts.push(

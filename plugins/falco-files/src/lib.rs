@@ -437,14 +437,12 @@ impl Detector for FalcoFiles {
     fn on_event(&mut self, event: EventRef<'_>, alerts: &mut Alerts) {
         let p = event.process;
         match event.data {
-            palisade_sdk::EventData::Exec(_) => {
-                if self.servers.matches_process(p) {
-                    // Kept a little longer than the grace period; a failed write only means
-                    // a later read may alert as "after startup", which is the safe side.
-                    let ttl = self.grace + Duration::from_secs(60);
-                    if let Err(e) = state::set_u64(&start_key(p), event.ts_ns, Some(ttl)) {
-                        palisade_sdk::warn!("cannot remember start of pid {}: {e:?}", p.pid);
-                    }
+            palisade_sdk::EventData::Exec(_) if self.servers.matches_process(p) => {
+                // Kept a little longer than the grace period; a failed write only means a
+                // later read may alert as "after startup", which is the safe side.
+                let ttl = self.grace + Duration::from_secs(60);
+                if let Err(e) = state::set_u64(&start_key(p), event.ts_ns, Some(ttl)) {
+                    palisade_sdk::warn!("cannot remember start of pid {}: {e:?}", p.pid);
                 }
             }
             palisade_sdk::EventData::FileOpen(open) => self.on_open(event.ts_ns, open, p, alerts),

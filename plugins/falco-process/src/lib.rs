@@ -215,7 +215,7 @@ impl FalcoProcess {
             return;
         };
         let cmdline = exec.args.join(" ");
-        if self.shell_allowed_cmdlines.iter().any(|c| *c == cmdline) {
+        if self.shell_allowed_cmdlines.contains(&cmdline) {
             return;
         }
         alerts.push(

@@ -214,8 +214,7 @@ impl Detector for FalcoSystem {
                 ));
             }
             EventData::Mount(m)
-                if self.mount_sources.iter().any(|s| *s == m.source)
-                    || m.target.starts_with("/proc/sys") =>
+                if self.mount_sources.contains(&m.source) || m.target.starts_with("/proc/sys") =>
             {
                 alerts.push(
                     alert(
