@@ -291,6 +291,9 @@ fn helper_entry() {
                 ops += 1000;
             }
             println!("OPS={ops}");
+            // The loop's own CPU time: ops per CPU-second survive a busy machine better than
+            // wall-clock rates.
+            println!("CPU={}", own_cpu_secs());
         }
         other => panic!("unknown helper action {other}"),
     }
@@ -724,17 +727,28 @@ fn own_cpu_secs() -> f64 {
 }
 
 fn open_loop(path: &str, secs: u64, max_ops: u64) -> (u32, u64) {
+    let (pid, ops, _) = open_loop_cpu(path, secs, max_ops);
+    (pid, ops)
+}
+
+/// Runs the open loop in a helper: (pid, ops, the loop's CPU seconds).
+fn open_loop_cpu(path: &str, secs: u64, max_ops: u64) -> (u32, u64, f64) {
     let out = helper("open_loop", &format!("{path},{secs},{max_ops}"))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = out.id();
     let out = out.wait_with_output().unwrap();
-    let ops = String::from_utf8_lossy(&out.stdout)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ops = text
         .lines()
         .find_map(|l| l.strip_prefix("OPS=").and_then(|n| n.parse().ok()))
         .expect("helper reports OPS");
-    (pid, ops)
+    let cpu = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CPU=").and_then(|n| n.parse().ok()))
+        .unwrap_or(0.0);
+    (pid, ops, cpu)
 }
 
 /// Figures, not a timed test: `cargo test -p palisade-host --features ebpf --test kernel_events
@@ -748,7 +762,7 @@ fn bench_open_loop() {
     const SECS: u64 = 5;
     let file = tempfile::NamedTempFile::new().unwrap();
     let path = file.path().to_str().unwrap().to_owned();
-    let (_, base_ops) = open_loop(&path, SECS, u64::MAX);
+    let (_, base_ops, base_cpu) = open_loop_cpu(&path, SECS, u64::MAX);
 
     // PALISADE_BENCH_OPEN_RESULTS=0 measures entry-only open reporting.
     let open_results = std::env::var("PALISADE_BENCH_OPEN_RESULTS").map_or(true, |v| v != "0");
@@ -769,7 +783,7 @@ fn bench_open_loop() {
     let cpu0 = own_cpu_secs();
     // The pid is only known after spawn: count by pid after the fact via a second pass is not
     // possible, so count everything from processes that are not us and report both.
-    let (pid, ops) = open_loop(&path, SECS, u64::MAX);
+    let (pid, ops, loop_cpu) = open_loop_cpu(&path, SECS, u64::MAX);
     sink.pid.store(pid, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(200));
     let cpu = own_cpu_secs() - cpu0;
@@ -788,6 +802,15 @@ fn bench_open_loop() {
         ratio = ops as f64 / base_ops as f64,
         rate = delivered / SECS,
         pct = cpu / SECS as f64 * 100.0,
+    );
+    let (base_per_cpu, per_cpu) = (base_ops as f64 / base_cpu, ops as f64 / loop_cpu);
+    eprintln!(
+        "bench_open_loop: per CPU-second of the loop: baseline {base_per_cpu:.0}, with source \
+         {per_cpu:.0} ({:.2}x); load average {}",
+        per_cpu / base_per_cpu,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     assert_eq!(lost, 0, "events lost in the kernel");
     assert!(emitted >= ops, "every open emitted ({emitted} < {ops})");
