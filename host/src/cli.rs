@@ -57,6 +57,9 @@ pub enum Command {
     /// Plugin tooling.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Signed plugin packs: build, verify, install, list, remove.
+    #[command(subcommand)]
+    Pack(crate::pack::commands::PackCommand),
 }
 
 /// Flags shared by `run` and `replay`.
@@ -139,6 +142,10 @@ pub enum PluginCommand {
         #[arg(long)]
         bless: bool,
     },
+    /// Create a plugin project: a working example detector or responder with its tests.
+    New(crate::pack::commands::NewArgs),
+    /// Build a plugin project into DIR/dist/ (<name>.wasm and its sidecar).
+    Build(crate::pack::commands::BuildArgs),
 }
 
 fn overrides(common: &CommonArgs, cli: &Cli) -> Overrides {
@@ -187,6 +194,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => cmd_run(&cli, args),
         Command::Replay(args) => cmd_replay(&cli, args),
         Command::Plugin(PluginCommand::Check { file }) => cmd_plugin_check(&cli, file),
+        Command::Plugin(PluginCommand::New(args)) => crate::pack::commands::cmd_plugin_new(args),
+        Command::Plugin(PluginCommand::Build(args)) => crate::pack::commands::cmd_plugin_build(args),
+        Command::Pack(command) => crate::pack::commands::cmd_pack(cli.log_level.as_deref(), command),
         Command::Plugin(PluginCommand::Test { plugin, events, expect, bless }) => {
             Ok(crate::plugin::testing::cmd_plugin_test(cli.log_level.as_deref(), plugin, events, expect, *bless)?)
         }
@@ -228,6 +238,8 @@ fn cmd_run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         }
         SourceKind::Ebpf => kernel_source(&config)?,
     };
+    // Whoever can write the plugin directory chooses what runs as root: refuse it.
+    crate::pack::permissions::check_plugin_dir(&config.plugins.dir)?;
     let daemon = Daemon::build(config, replay)?;
     let _metrics = serve_metrics(&daemon)?;
     let dir = daemon.config.plugins.dir.clone();
@@ -291,6 +303,7 @@ fn cmd_replay(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode> {
     }
     let config = Config::load(args.common.config.as_deref(), &ov)?;
     init_telemetry(&config)?;
+    crate::pack::commands::warn_permissions(&config.plugins.dir);
     let daemon = Daemon::build(config, true)?;
     let dir = daemon.config.plugins.dir.clone();
     let (loaded, failed) = daemon
@@ -326,6 +339,9 @@ fn cmd_plugin_check(cli: &Cli, file: &Path) -> Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("palisade-check-{}", std::process::id()));
     config.plugins.cache_dir = scratch.join("cache");
     config.actions.audit_log = scratch.join("audit.jsonl");
+    if let Some(dir) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::pack::commands::warn_permissions(dir);
+    }
     let daemon = Daemon::build(config, true)?;
     let result = LoadRequest::from_file(file)
         .map_err(anyhow::Error::from)

@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod event;
 pub mod metrics;
 pub mod output;
+pub mod pack;
 pub mod plugin;
 pub mod reload;
 pub mod telemetry;
