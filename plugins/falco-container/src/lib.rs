@@ -57,7 +57,8 @@ const DROP_DIRS: &[&str] = &[
 ];
 const DROP_ALLOWED_WRITERS: &[&str] = &[
     "dpkg", "apt", "apt-get", "rpm", "dnf", "yum", "apk", "pip", "pip3", "npm", "cargo", "rustc",
-    "go", "gcc", "cc1", "ld", "collect2", "make",
+    "go", "gcc", "cc1", "ld", "collect2", "make", "link", "compile", "asm", "cc", "clang",
+    "ld.lld", "ld.gold", "mold", "javac", "tsc",
 ];
 const K8S_API_ADDRESSES: &[&str] = &["10.96.0.1", "10.43.0.1", "10.100.0.1"];
 const K8S_API_PORTS: &[i64] = &[443, 6443];

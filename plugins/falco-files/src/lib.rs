@@ -136,6 +136,12 @@ const TRUSTED_READERS: &[&str] = &[
     "csh",
     "tcsh",
     "ash",
+    "(sd-pam)",
+    "gdm-session-wor",
+    "lightdm",
+    "sddm",
+    "systemd-userwor",
+    "systemd-homed",
 ];
 
 /// Falco's `server_procs`: servers that may read these files only while starting.
