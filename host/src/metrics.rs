@@ -213,6 +213,8 @@ pub struct Metrics {
     pub plugin_quarantines_total: Family<PluginLabels, Counter>,
     pub plugin_call_duration_seconds: Family<PluginLabels, Histogram, HistogramCtor>,
     pub plugin_reloads_total: Family<ReloadLabels, Counter>,
+    /// Live plugin instances (Stores) per plugin: 0 for an idle plugin after idle release.
+    pub plugin_instances: Family<PluginLabels, prometheus_client::metrics::gauge::Gauge>,
     pub actions_total: Family<ActionLabels, Counter>,
     pub capability_denied_total: Family<CapabilityLabels, Counter>,
     pub plugin_log_dropped_total: Family<PluginLabels, Counter>,
@@ -327,6 +329,13 @@ impl Metrics {
             "Alerts dropped because a plugin returned more than its per-batch limit",
             plugin_alerts_truncated_total.clone(),
         );
+        let plugin_instances =
+            Family::<PluginLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "plugin_instances",
+            "Live plugin instances (one wasmtime Store each)",
+            plugin_instances.clone(),
+        );
         registry.register(
             "audit_errors",
             "Audit records that could not be written",
@@ -334,6 +343,7 @@ impl Metrics {
         );
 
         Metrics {
+            plugin_instances,
             registry,
             events_received_total,
             events_routed_total,
@@ -487,6 +497,24 @@ impl Metrics {
                 plugin: plugin.into(),
             })
             .inc_by(n);
+    }
+
+    /// Adjusts the live-instance gauge of `plugin` by `delta` (+1 created, -1 dropped).
+    pub fn plugin_instances_add(&self, plugin: &str, delta: i64) {
+        self.plugin_instances
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Live instances of `plugin`.
+    pub fn instances(&self, plugin: &str) -> i64 {
+        self.plugin_instances
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .get()
     }
 
     pub fn plugin_log_dropped(&self, plugin: &str) {

@@ -199,6 +199,13 @@ enum Bindings {
     Responder(responder::Responder),
 }
 
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let ctx = &self.store.data().plugin;
+        ctx.metrics.plugin_instances_add(&ctx.name, -1);
+    }
+}
+
 /// A live instance: its own Store, so a trap here cannot affect any other instance.
 pub struct Instance {
     store: Store<HostState>,
@@ -223,7 +230,10 @@ impl Instance {
         ctx: &Arc<PluginContext>,
         limits: &Limits,
     ) -> Result<Self, CallError> {
-        let mut store = Store::new(engine.engine(), HostState::new(Arc::clone(ctx), limits.memory_bytes));
+        let mut store = Store::new(
+            engine.engine(),
+            HostState::new(Arc::clone(ctx), limits.memory_bytes),
+        );
         store.limiter(|s| &mut s.limits);
         // A new Store's deadline is 0, which would trap at once: arm it before instantiating.
         store.set_epoch_deadline(PluginEngine::ticks(limits.init_deadline));
@@ -235,9 +245,14 @@ impl Instance {
             e
         };
         let bindings = match pre {
-            Pre::Detector(pre) => Bindings::Detector(pre.instantiate(&mut store).map_err(instantiate_err)?),
-            Pre::Responder(pre) => Bindings::Responder(pre.instantiate(&mut store).map_err(instantiate_err)?),
+            Pre::Detector(pre) => {
+                Bindings::Detector(pre.instantiate(&mut store).map_err(instantiate_err)?)
+            }
+            Pre::Responder(pre) => {
+                Bindings::Responder(pre.instantiate(&mut store).map_err(instantiate_err)?)
+            }
         };
+        ctx.metrics.plugin_instances_add(&ctx.name, 1);
         Ok(Self {
             store,
             bindings,
@@ -273,23 +288,33 @@ impl Instance {
     }
 
     /// Runs one detector batch under `deadline`.
-    pub fn on_events(&mut self, batch: &wit::EventBatch, deadline: Duration) -> Result<Vec<wit::Alert>, CallError> {
+    pub fn on_events(
+        &mut self,
+        batch: &wit::EventBatch,
+        deadline: Duration,
+    ) -> Result<Vec<wit::Alert>, CallError> {
         let Bindings::Detector(b) = &self.bindings else {
             return Ok(Vec::new());
         };
         self.last_used = Instant::now();
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
-        b.call_on_events(&mut self.store, batch).map_err(|e| CallError::from_wasmtime(&e))
+        b.call_on_events(&mut self.store, batch)
+            .map_err(|e| CallError::from_wasmtime(&e))
     }
 
     /// Runs one responder batch under `deadline`.
-    pub fn on_alerts(&mut self, alerts: &[wit::RoutedAlert], deadline: Duration) -> Result<(), CallError> {
+    pub fn on_alerts(
+        &mut self,
+        alerts: &[wit::RoutedAlert],
+        deadline: Duration,
+    ) -> Result<(), CallError> {
         let Bindings::Responder(b) = &self.bindings else {
             return Ok(());
         };
         self.last_used = Instant::now();
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
-        b.call_on_alerts(&mut self.store, alerts).map_err(|e| CallError::from_wasmtime(&e))
+        b.call_on_alerts(&mut self.store, alerts)
+            .map_err(|e| CallError::from_wasmtime(&e))
     }
 
     pub fn is_detector(&self) -> bool {

@@ -19,12 +19,20 @@ pub fn built() -> &'static xtask::BuiltPlugins {
 
 /// A test plugin's component path (target/test-plugins/<name>.wasm).
 pub fn test_plugin(name: &str) -> PathBuf {
-    built().test_plugin(name).unwrap_or_else(|| panic!("no test plugin {name}")).wasm.clone()
+    built()
+        .test_plugin(name)
+        .unwrap_or_else(|| panic!("no test plugin {name}"))
+        .wasm
+        .clone()
 }
 
 /// A first-party plugin's component path (target/plugins/<name>.wasm).
 pub fn plugin(name: &str) -> PathBuf {
-    built().plugin(name).unwrap_or_else(|| panic!("no plugin {name}")).wasm.clone()
+    built()
+        .plugin(name)
+        .unwrap_or_else(|| panic!("no plugin {name}"))
+        .wasm
+        .clone()
 }
 
 /// Shared compile cache so each test binary compiles each component once.
@@ -57,11 +65,19 @@ impl Captured {
     }
 
     pub fn with_rule(&self, rule: &str) -> Vec<Value> {
-        self.alerts().into_iter().filter(|a| a["rule"] == rule).collect()
+        self.alerts()
+            .into_iter()
+            .filter(|a| a["rule"] == rule)
+            .collect()
     }
 
     /// Waits until `pred` holds for the captured alerts, or panics after `timeout`.
-    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let alerts = self.alerts();
@@ -87,16 +103,26 @@ impl Harness {
     /// A daemon whose config is the embedded defaults plus `extra` TOML (sections merged by
     /// the config loader), plugins in a temp dir, a shared compile cache, and an audit log.
     pub fn new(extra: &str) -> Self {
+        Self::build(extra, 300)
+    }
+
+    /// A harness whose idle instances are released after `secs` seconds.
+    pub fn with_idle_release(secs: u64) -> Self {
+        Self::build("", secs)
+    }
+
+    fn build(extra: &str, idle_release_secs: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         let text = format!(
-            "version = 1\nhostname = \"test-host\"\n{extra}\n[plugins]\ndir = {plugins:?}\ncache_dir = {cache:?}\nwatch = false\n\n[actions]\naudit_log = {audit:?}\n",
+            "version = 1\nhostname = \"test-host\"\n{extra}\n[plugins]\ndir = {plugins:?}\ncache_dir = {cache:?}\nwatch = false\nidle_release_secs = {idle_release_secs}\n\n[actions]\naudit_log = {audit:?}\n",
             plugins = plugins.display().to_string(),
             cache = cache_dir().display().to_string(),
             audit = dir.path().join("audit.jsonl").display().to_string(),
         );
-        let config = Config::from_toml_str(&text, "test.toml").unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let config = Config::from_toml_str(&text, "test.toml")
+            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let daemon = Daemon::build(config, false).unwrap();
         Self {
             dir,
