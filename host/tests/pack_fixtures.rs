@@ -141,3 +141,50 @@ fn a_mismatch_is_reported_per_alert() {
         Outcome::Passed { alerts: 2 }
     );
 }
+
+/// The sequence detectors keep their progress in host state: a download recorded before a hot
+/// reload (new instance, new component) still makes the exec after it alert.
+#[test]
+fn sequence_state_survives_a_reload() {
+    use palisade::event::replay::parse_event_line;
+    use palisade::event::source::Delivery;
+    use palisade::plugin::registry::LoadRequest;
+
+    let fixtures = xtask::workspace_root().join("plugins/sequences/fixtures/positive.jsonl");
+    let events: Vec<_> = std::fs::read_to_string(&fixtures)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .take(3)
+        .map(|l| parse_event_line(l).unwrap())
+        .collect();
+    let h = support::Harness::new("");
+    h.install(&support::plugin("sequences"), "sequences", None);
+    h.load(1);
+    // connect + write, then drain the pipeline so the state is written.
+    let first = h.start();
+    for e in &events[..2] {
+        first.sink().submit(e.clone(), Delivery::Backpressure);
+    }
+    first.finish();
+    assert!(h.captured.alerts().is_empty());
+    // Hot reload: the same unit is loaded again, replacing the running plugin.
+    let loaded = h
+        .daemon
+        .registry
+        .load(&LoadRequest::from_file(&h.plugins_dir().join("sequences.wasm")).unwrap())
+        .unwrap();
+    assert!(loaded.replaced, "{loaded:?}");
+    let second = h.start();
+    second
+        .sink()
+        .submit(events[2].clone(), Delivery::Backpressure);
+    second.finish();
+    let alerts = h.captured.with_rule("download-then-execute");
+    assert_eq!(alerts.len(), 1, "{:?}", h.captured.alerts());
+    assert_eq!(
+        alerts[0]["fields"]["filename"], "/tmp/.x/dropper",
+        "{}",
+        alerts[0]
+    );
+}
