@@ -262,7 +262,7 @@ pub fn replay(
     config.plugins.cache_dir = options
         .cache_dir
         .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("palisade-plugin-test-cache"));
+        .unwrap_or_else(|| default_cache_dir(&scratch));
     config.plugins.watch = false;
     config.actions.audit_log = scratch.join("audit.jsonl");
     // One worker and event time: the same input gives the same alerts in the same order.
@@ -271,6 +271,17 @@ pub fn replay(
     let result = run_replay(config, wasm, events);
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// A per-user cache in the temp directory, so repeated runs do not recompile and one user's
+/// cache is never another's (nor writable by them); without a user name, the run's scratch.
+fn default_cache_dir(scratch: &Path) -> PathBuf {
+    match std::env::var("USER") {
+        Ok(user) if !user.is_empty() && !user.contains('/') => {
+            std::env::temp_dir().join(format!("palisade-plugin-test-cache-{user}"))
+        }
+        _ => scratch.join("cache"),
+    }
 }
 
 fn unique() -> u64 {
