@@ -5,11 +5,10 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
-        return;
-    }
     #[cfg(feature = "ebpf")]
-    ebpf::build();
+    if std::env::var_os("CARGO_FEATURE_EBPF").is_some() {
+        ebpf::build();
+    }
 }
 
 #[cfg(feature = "ebpf")]

@@ -159,6 +159,29 @@ fn main() -> anyhow::Result<()> {
     pipeline.finish();
     let e2e = evs.len() as f64 / started.elapsed().as_secs_f64();
 
+    // Compile vs cached load, per first-party plugin.
+    let mut load_rows = Vec::new();
+    for p in &built.plugins {
+        let cache = tempfile::tempdir()?;
+        let engine = palisade::plugin::engine::PluginEngine::new(Some(cache.path()))?;
+        let bytes = std::fs::read(&p.wasm)?;
+        let t = Instant::now();
+        let (_, hit) = engine.compile(&p.name, &bytes)?;
+        let miss_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(!hit);
+        let t = Instant::now();
+        let (_, hit) = engine.compile(&p.name, &bytes)?;
+        let hit_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(hit);
+        load_rows.push((p.name.clone(), bytes.len(), miss_ms, hit_ms));
+    }
+    println!("| plugin | .wasm bytes | compile (cache miss) ms | cached load ms |");
+    println!("|---|---:|---:|---:|");
+    for (name, size, miss, hit) in &load_rows {
+        println!("| {name} | {size} | {miss:.1} | {hit:.2} |");
+    }
+    println!();
+
     println!("| plugins | events per call | ns per event per plugin | events/s (all plugins) |");
     println!("|---:|---:|---:|---:|");
     for r in &rows {
@@ -175,7 +198,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     println!(
         "{}",
-        serde_json::json!({"bench": "dispatch", "events": n_events, "rows": json_rows, "native_ns_per_event": native_ns, "end_to_end_events_per_s": e2e})
+        serde_json::json!({"bench": "dispatch", "events": n_events, "rows": json_rows, "native_ns_per_event": native_ns, "end_to_end_events_per_s": e2e, "load": load_rows.iter().map(|(n, s, m, h)| serde_json::json!({"plugin": n, "bytes": s, "compile_ms": m, "cached_load_ms": h})).collect::<Vec<_>>()})
     );
     Ok(())
 }

@@ -31,7 +31,12 @@ pub struct AlertBus {
 impl AlertBus {
     /// `internal_tx` feeds the bus's own unbounded channel (host alerts about responders,
     /// notifications raised while a responder runs on this thread).
-    pub fn new(registry: Arc<Registry>, outputs: Vec<Box<dyn AlertOutput>>, hostname: String, internal_tx: Sender<Alert>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        outputs: Vec<Box<dyn AlertOutput>>,
+        hostname: String,
+        internal_tx: Sender<Alert>,
+    ) -> Self {
         Self {
             registry,
             outputs,
@@ -48,13 +53,10 @@ impl AlertBus {
         let mut alerts_open = true;
         loop {
             // Drain whatever is queued, then write and route it as one batch.
-            loop {
-                match internal.try_recv() {
-                    Ok(alert) => {
-                        pending.push(alert);
-                        continue;
-                    }
-                    Err(_) => {}
+            while pending.len() < 1024 {
+                if let Ok(alert) = internal.try_recv() {
+                    pending.push(alert);
+                    continue;
                 }
                 if !alerts_open {
                     break;
@@ -66,9 +68,6 @@ impl AlertBus {
                         alerts_open = false;
                         break;
                     }
-                }
-                if pending.len() >= 1024 {
-                    break;
                 }
             }
             if !pending.is_empty() {
@@ -120,10 +119,15 @@ impl AlertBus {
 
     fn route(&mut self, batch: &[Alert]) {
         let set = self.registry.snapshot();
-        self.instances
-            .retain(|name, inst| set.responders.iter().any(|p| p.name() == name && p.generation == inst.generation));
+        self.instances.retain(|name, inst| {
+            set.responders
+                .iter()
+                .any(|p| p.name() == name && p.generation == inst.generation)
+        });
         for plugin in &set.responders {
-            let Some(filter) = &plugin.alert_filter else { continue };
+            let Some(filter) = &plugin.alert_filter else {
+                continue;
+            };
             let routed: Vec<_> = batch
                 .iter()
                 .filter(|a| a.rule != NOTIFICATION_RULE && filter.matches(a))
@@ -140,12 +144,20 @@ impl AlertBus {
                 }
             }
             .and_then(|inst| inst.on_alerts(&routed, plugin.limits.deadline));
-            self.registry.metrics().plugin_call(plugin.name(), started.elapsed());
+            self.registry
+                .metrics()
+                .plugin_call(plugin.name(), started.elapsed());
             match result {
                 Ok(()) => plugin.health.record_success(),
                 Err(err) => {
                     self.instances.remove(plugin.name());
-                    report_failure(&self.registry, &self.internal_tx, &self.hostname, plugin, &err);
+                    report_failure(
+                        &self.registry,
+                        &self.internal_tx,
+                        &self.hostname,
+                        plugin,
+                        &err,
+                    );
                 }
             }
         }

@@ -14,6 +14,12 @@ use std::sync::OnceLock;
 pub fn next_alert_id() -> String {
     static NONCE: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let nonce = *NONCE.get_or_init(|| crate::plugin::state::wall_now_ns() ^ (u64::from(std::process::id()) << 40));
-    format!("{:012x}-{:08x}", nonce & 0xffff_ffff_ffff, COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nonce = *NONCE.get_or_init(|| {
+        crate::plugin::state::wall_now_ns() ^ (u64::from(std::process::id()) << 40)
+    });
+    format!(
+        "{:012x}-{:08x}",
+        nonce & 0xffff_ffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -35,7 +35,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, registry: Arc<Registry>, alerts: Sender<Alert>, settings: WorkerSettings) -> Self {
+    pub fn new(
+        id: usize,
+        registry: Arc<Registry>,
+        alerts: Sender<Alert>,
+        settings: WorkerSettings,
+    ) -> Self {
         Self {
             id,
             registry,
@@ -77,7 +82,8 @@ impl Worker {
     fn sweep_idle(&mut self) {
         self.last_sweep = Instant::now();
         let idle = self.settings.idle_release;
-        self.instances.retain(|_, inst| inst.last_used.elapsed() < idle);
+        self.instances
+            .retain(|_, inst| inst.last_used.elapsed() < idle);
     }
 
     /// Calls every subscribed detector once with its share of `batch`.
@@ -92,7 +98,9 @@ impl Worker {
         let mut full: Option<wit::EventBatch> = None;
         let mut subset_cache: Option<(Vec<usize>, wit::EventBatch)> = None;
         for plugin in &set.detectors {
-            let indices: Vec<usize> = (0..batch.len()).filter(|&i| plugin.interest.matches(&batch[i])).collect();
+            let indices: Vec<usize> = (0..batch.len())
+                .filter(|&i| plugin.interest.matches(&batch[i]))
+                .collect();
             if indices.is_empty() {
                 continue;
             }
@@ -128,10 +136,16 @@ impl Worker {
         }
     }
 
-    fn call(&mut self, plugin: &LoadedPlugin, batch: &wit::EventBatch) -> Result<Vec<wit::Alert>, CallError> {
+    fn call(
+        &mut self,
+        plugin: &LoadedPlugin,
+        batch: &wit::EventBatch,
+    ) -> Result<Vec<wit::Alert>, CallError> {
         let instance = match self.instances.entry(plugin.name().to_string()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Instance::start(self.registry.engine(), plugin)?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Instance::start(self.registry.engine(), plugin)?)
+            }
         };
         let result = instance.on_events(batch, plugin.limits.deadline);
         if result.is_err() {
@@ -141,14 +155,25 @@ impl Worker {
         result
     }
 
-    fn emit(&self, plugin: &LoadedPlugin, alerts: Vec<wit::Alert>, batch: &[Arc<Event>], indices: &[usize]) {
+    fn emit(
+        &self,
+        plugin: &LoadedPlugin,
+        alerts: Vec<wit::Alert>,
+        batch: &[Arc<Event>],
+        indices: &[usize],
+    ) {
         let metrics = self.registry.metrics();
         let max = plugin.limits.max_alerts_per_batch;
         if alerts.len() > max {
-            tracing::warn!(plugin = plugin.name(), returned = alerts.len(), max, "plugin returned too many alerts; extra alerts dropped");
+            tracing::warn!(
+                plugin = plugin.name(),
+                returned = alerts.len(),
+                max,
+                "plugin returned too many alerts; extra alerts dropped"
+            );
         }
         for alert in alerts.into_iter().take(max) {
-            if plugin.overrides.disabled_rules.iter().any(|r| *r == alert.rule) {
+            if plugin.overrides.disabled_rules.contains(&alert.rule) {
                 continue;
             }
             let priority = plugin
@@ -158,7 +183,9 @@ impl Worker {
                 .find(|(rule, _)| *rule == alert.rule)
                 .map(|(_, p)| *p)
                 .unwrap_or_else(|| convert::priority(alert.priority));
-            let event = indices.get(alert.event_index as usize).map(|&i| Arc::clone(&batch[i]));
+            let event = indices
+                .get(alert.event_index as usize)
+                .map(|&i| Arc::clone(&batch[i]));
             if event.is_none() {
                 tracing::warn!(plugin = plugin.name(), rule = %alert.rule, index = alert.event_index, "alert names an event outside its batch");
             }
@@ -184,13 +211,25 @@ impl Worker {
     }
 
     fn failed(&self, plugin: &LoadedPlugin, err: &CallError) {
-        report_failure(&self.registry, &self.alerts, &self.settings.hostname, plugin, err);
+        report_failure(
+            &self.registry,
+            &self.alerts,
+            &self.settings.hostname,
+            plugin,
+            err,
+        );
     }
 }
 
 /// Logs, counts and, on quarantine, raises `palisade.plugin_failure`. Shared by the detector
 /// workers and the responder bus.
-pub fn report_failure(registry: &Registry, alerts: &Sender<Alert>, hostname: &str, plugin: &LoadedPlugin, err: &CallError) {
+pub fn report_failure(
+    registry: &Registry,
+    alerts: &Sender<Alert>,
+    hostname: &str,
+    plugin: &LoadedPlugin,
+    err: &CallError,
+) {
     let metrics = registry.metrics();
     metrics.plugin_failure(plugin.name(), err.cause.metric());
     tracing::error!(plugin = plugin.name(), version = %plugin.info.version, cause = err.cause.as_str(), detail = %err.detail, "plugin call failed; instance will be recreated");
