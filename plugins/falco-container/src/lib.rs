@@ -64,7 +64,34 @@ const K8S_API_ADDRESSES: &[&str] = &["10.96.0.1", "10.43.0.1", "10.100.0.1"];
 const K8S_API_PORTS: &[i64] = &[443, 6443];
 const CGROUP_PREFIXES: &[&str] = &["/sys/fs/cgroup/", "/mnt/", "/tmp/", "/cgrp", "/cgroup"];
 
+/// Falco incubating `network_tool_binaries`.
+const NETWORK_TOOLS: &[&str] = &[
+    "nc",
+    "ncat",
+    "netcat",
+    "nmap",
+    "dig",
+    "tcpdump",
+    "tshark",
+    "ngrep",
+    "telnet",
+    "mitmproxy",
+    "socat",
+    "zmap",
+    "masscan",
+];
+/// Falco incubating `remote_file_copy_binaries` (egress) and the ingress tools.
+const REMOTE_COPY: &[&str] = &["rsync", "scp", "sftp", "dcp"];
+const INGRESS_COPY: &[&str] = &["curl", "wget"];
+const METADATA_ADDRESSES: &[&str] = &["169.254.169.254", "fd00:ec2::254", "100.100.100.200"];
+
 const KNOWN_KEYS: &[&str] = &[
+    "network-tools",
+    "remote-copy-tools",
+    "ingress-copy-tools",
+    "tools-allowed",
+    "metadata-addresses",
+    "metadata-allowed",
     "entrypoint-parents",
     "shell-allowed",
     "netcat-names",
@@ -93,6 +120,12 @@ pub struct FalcoContainer {
     k8s_addrs: Vec<String>,
     k8s_ports: Vec<u16>,
     k8s_allowed: NameSet,
+    network_tools: NameSet,
+    remote_copy: NameSet,
+    ingress_copy: NameSet,
+    tools_allowed: NameSet,
+    metadata_addrs: Vec<String>,
+    metadata_allowed: NameSet,
 }
 
 fn drop_key(container: &str, path: &str) -> String {
@@ -171,6 +204,39 @@ impl FalcoContainer {
                 &["T1611", "mitre_privilege_escalation", "container"],
             ));
         }
+        if !self.tools_allowed.matches_process(p) {
+            let tool_rules: [(&NameSet, &str, &str, &[&str]); 3] = [
+                (
+                    &self.network_tools,
+                    "launch-suspicious-network-tool-in-container",
+                    "Suspicious network tool launched in container",
+                    &["T1059", "mitre_execution", "container", "network"],
+                ),
+                (
+                    &self.remote_copy,
+                    "launch-remote-file-copy-tools-in-container",
+                    "Remote file copy tool launched in container",
+                    &["T1020", "mitre_exfiltration", "container", "network"],
+                ),
+                (
+                    &self.ingress_copy,
+                    "launch-ingress-remote-file-copy-tools-in-container",
+                    "Ingress remote file copy tool launched in container",
+                    &["T1105", "mitre_command_and_control", "container", "network"],
+                ),
+            ];
+            for (set, rule, what, tags) in tool_rules {
+                if set.matches(&p.comm, &exec.filename) {
+                    alerts.push(alert(
+                        rule,
+                        Priority::Notice,
+                        format!("{what}: {}", describe_process(p)),
+                        p,
+                        tags,
+                    ));
+                }
+            }
+        }
         let key = drop_key(container, &exec.filename);
         if let Some(writer) = state::get_string(&key) {
             alerts.push(
@@ -218,7 +284,14 @@ impl Detector for FalcoContainer {
         let mut comms: Vec<&str> = SHELLS.to_vec();
         comms.extend(NETCATS);
         comms.push("debugfs");
-        let ports: Vec<u16> = K8S_API_PORTS.iter().map(|p| *p as u16).collect();
+        comms.extend(NETWORK_TOOLS);
+        comms.extend(REMOTE_COPY);
+        comms.extend(INGRESS_COPY);
+        let ports: Vec<u16> = K8S_API_PORTS
+            .iter()
+            .map(|p| *p as u16)
+            .chain([80])
+            .collect();
         PluginInfo::detector(
             "falco-container",
             env!("CARGO_PKG_VERSION"),
@@ -229,6 +302,12 @@ impl Detector for FalcoContainer {
         .subscribe(Subscription::to([EventKind::FileOpen]).path_prefixes(DROP_DIRS).path_prefixes(CGROUP_PREFIXES))
         .subscribe(Subscription::to([EventKind::Socket, EventKind::FdDup, EventKind::ModuleLoad]))
         .subscribe(Subscription::to([EventKind::NetConnect]).ports(ports))
+        .config("network-tools", NETWORK_TOOLS)
+        .config("remote-copy-tools", REMOTE_COPY)
+        .config("ingress-copy-tools", INGRESS_COPY)
+        .config("tools-allowed", Vec::<String>::new())
+        .config("metadata-addresses", METADATA_ADDRESSES)
+        .config("metadata-allowed", Vec::<String>::new())
         .config("entrypoint-parents", ENTRYPOINTS)
         .config("shell-allowed", Vec::<String>::new())
         .config("netcat-names", NETCATS)
@@ -262,6 +341,12 @@ impl Detector for FalcoContainer {
             k8s_addrs: config.text_list_or("k8s-api-addresses", K8S_API_ADDRESSES)?,
             k8s_ports: u16_list(&config, "k8s-api-ports", K8S_API_PORTS)?,
             k8s_allowed: NameSet::new(config.text_list_or("k8s-api-allowed", &[])?),
+            network_tools: NameSet::new(config.text_list_or("network-tools", NETWORK_TOOLS)?),
+            remote_copy: NameSet::new(config.text_list_or("remote-copy-tools", REMOTE_COPY)?),
+            ingress_copy: NameSet::new(config.text_list_or("ingress-copy-tools", INGRESS_COPY)?),
+            tools_allowed: NameSet::new(config.text_list_or("tools-allowed", &[])?),
+            metadata_addrs: config.text_list_or("metadata-addresses", METADATA_ADDRESSES)?,
+            metadata_allowed: NameSet::new(config.text_list_or("metadata-allowed", &[])?),
         })
     }
 
@@ -349,6 +434,21 @@ impl Detector for FalcoContainer {
                         &["TA0003", "mitre_persistence", "container", "process"],
                     )
                     .field("module", module),
+                );
+            }
+            EventData::NetConnect(c)
+                if self.metadata_addrs.contains(&c.daddr)
+                    && !self.metadata_allowed.matches_process(p) =>
+            {
+                alerts.push(
+                    alert(
+                        "contact-cloud-metadata-service-from-container",
+                        Priority::Notice,
+                        format!("Outbound connection to cloud instance metadata service {}:{} from container by {}", c.daddr, c.dport, describe_process(p)),
+                        p,
+                        &["T1565", "mitre_discovery", "container", "network"],
+                    )
+                    .field("connection", format!("{}:{} -> {}:{}", c.saddr, c.sport, c.daddr, c.dport)),
                 );
             }
             EventData::NetConnect(c)
@@ -500,6 +600,7 @@ mod tests {
             [
                 ("terminal-shell-in-container", 0),
                 ("netcat-remote-code-execution-in-container", 3),
+                ("launch-suspicious-network-tool-in-container", 3),
                 ("packet-socket-created-in-container", 4),
                 ("redirect-stdio-to-network-in-container", 5),
                 ("kernel-module-injection-from-container", 6),

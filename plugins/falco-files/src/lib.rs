@@ -203,7 +203,80 @@ const LOG_TRUNCATE_ALLOWED: &[&str] = &[
     "syslog-ng",
 ];
 
+/// Shell start-up files (Falco incubating `shell_config_*`); users' own dot files need a
+/// subscription override (`/home/*/` cannot be a prefix).
+const SHELL_CONFIG_FILES: &[&str] = &[
+    "/etc/profile",
+    "/etc/profile.d/",
+    "/etc/bash.bashrc",
+    "/etc/bashrc",
+    "/etc/zsh/",
+    "/etc/zshrc",
+    "/etc/zprofile",
+    "/etc/environment",
+    "/etc/skel/",
+    "/root/.bashrc",
+    "/root/.profile",
+    "/root/.bash_profile",
+    "/root/.bash_login",
+    "/root/.zshrc",
+    "/root/.zprofile",
+    "/root/.zshenv",
+];
+/// Package managers rewrite these files on upgrades.
+const PACKAGE_MANAGERS: &[&str] = &[
+    "dpkg",
+    "apt",
+    "apt-get",
+    "rpm",
+    "dnf",
+    "yum",
+    "apk",
+    "unattended-upgr",
+    "packagekitd",
+    "snapd",
+];
+const CRON_PATHS: &[&str] = &[
+    "/etc/crontab",
+    "/etc/cron.d/",
+    "/etc/cron.daily/",
+    "/etc/cron.hourly/",
+    "/etc/cron.weekly/",
+    "/etc/cron.monthly/",
+    "/etc/cron.allow",
+    "/etc/cron.deny",
+    "/var/spool/cron/",
+];
+const HISTORY_SUFFIXES: &[&str] = &[
+    "ash_history",
+    "zsh_history",
+    "fish_history",
+    "fish_read_history",
+    ".python_history",
+    ".mysql_history",
+    ".psql_history",
+];
+const HISTORY_DIRS: &[&str] = &["/root/", "/home/"];
+const SETUID_ALLOWED: &[&str] = &[
+    "dpkg",
+    "rpm",
+    "dnf",
+    "yum",
+    "apk",
+    "snapd",
+    "containerd",
+    "dockerd",
+    "tar",
+    "unattended-upgr",
+];
+
 const KNOWN_KEYS: &[&str] = &[
+    "shell-config-files",
+    "shell-config-allowed",
+    "cron-paths",
+    "cron-allowed",
+    "history-suffixes",
+    "setuid-allowed",
     "sensitive-files",
     "sensitive-dirs",
     "trusted-readers",
@@ -225,6 +298,12 @@ pub struct FalcoFiles {
     traversal_parent_allowed: NameSet,
     log_paths: PathSet,
     log_allowed: NameSet,
+    shell_config: PathSet,
+    shell_config_allowed: NameSet,
+    cron_paths: PathSet,
+    cron_allowed: NameSet,
+    history_suffixes: Vec<String>,
+    setuid_allowed: NameSet,
 }
 
 fn start_key(p: &Process) -> String {
@@ -358,6 +437,83 @@ impl FalcoFiles {
         }
     }
 
+    fn persistence_alert(
+        &self,
+        rule: &str,
+        priority: Priority,
+        what: &str,
+        target: &str,
+        p: &Process,
+        tags: &[&str],
+    ) -> Alert {
+        with_context(
+            Alert::new(
+                rule,
+                priority,
+                format!(
+                    "{what}: {target} by {} (lineage {})",
+                    describe_process(p),
+                    lineage(p)
+                ),
+            ),
+            p,
+        )
+        .tags(tags.iter().copied())
+        .tag("filesystem")
+        .field("target", target)
+    }
+
+    fn on_persistence_open(&self, open: &FileOpenData, p: &Process, alerts: &mut Alerts) {
+        if !open.is_write() || open.result.is_some_and(|r| r < 0) {
+            return;
+        }
+        if self.shell_config.matches(&open.path)
+            && !is_shell_name(&p.comm)
+            && !is_shell_name(pack_common::basename(&p.exe))
+            && !self.shell_config_allowed.matches_process(p)
+        {
+            alerts.push(self.persistence_alert(
+                "modify-shell-configuration-file",
+                Priority::Warning,
+                "Shell configuration file modified",
+                &open.path,
+                p,
+                &["T1546.004", "mitre_persistence"],
+            ));
+        }
+        if self.cron_paths.matches(&open.path) && !self.cron_allowed.matches_process(p) {
+            alerts.push(self.persistence_alert(
+                "schedule-cron-jobs",
+                Priority::Notice,
+                "Cron job file written",
+                &open.path,
+                p,
+                &["T1053.003", "mitre_execution"],
+            ));
+        }
+        if open.open_flags & open_flags::O_TRUNC != 0 {
+            self.on_history(&open.path, "truncated", p, alerts);
+        }
+    }
+
+    fn on_history(&self, path: &str, verb: &str, p: &Process, alerts: &mut Alerts) {
+        if !self
+            .history_suffixes
+            .iter()
+            .any(|s| path.ends_with(s.as_str()))
+        {
+            return;
+        }
+        alerts.push(self.persistence_alert(
+            "delete-or-rename-shell-history",
+            Priority::Warning,
+            &format!("Shell history {verb}"),
+            path,
+            p,
+            &["T1070.003", "mitre_defense_evasion"],
+        ));
+    }
+
     fn on_link(&self, link: &FileLinkData, p: &Process, alerts: &mut Alerts) {
         let target = link.target.as_str();
         let file_hit = self.sensitive_exact.iter().any(|s| s == target);
@@ -406,6 +562,21 @@ impl Detector for FalcoFiles {
         .subscribe(Subscription::to([EventKind::FileOpen]).comms(TRAVERSAL_COMMS))
         .subscribe(Subscription::to([EventKind::Exec]).comms(SERVERS))
         .subscribe(Subscription::to([EventKind::FileLink]).paths(exact_files).paths(SENSITIVE_DIRS))
+        .subscribe(
+            Subscription::to([EventKind::FileOpen])
+                .path_set(&PathSet::new(SHELL_CONFIG_FILES))
+                .path_set(&PathSet::new(CRON_PATHS))
+                .paths(["/root/.bash_history", "/root/.zsh_history"]),
+        )
+        .subscribe(Subscription::to([EventKind::Exec]).comms(["crontab"]))
+        .subscribe(Subscription::to([EventKind::FileUnlink, EventKind::FileRename]).path_prefixes(HISTORY_DIRS))
+        .subscribe(Subscription::to([EventKind::FileChmod]))
+        .config("shell-config-files", SHELL_CONFIG_FILES)
+        .config("shell-config-allowed", PACKAGE_MANAGERS)
+        .config("cron-paths", CRON_PATHS)
+        .config("cron-allowed", PACKAGE_MANAGERS)
+        .config("history-suffixes", HISTORY_SUFFIXES)
+        .config("setuid-allowed", SETUID_ALLOWED)
         .config("sensitive-files", SENSITIVE_FILES)
         .config("sensitive-dirs", SENSITIVE_DIRS)
         .config("trusted-readers", TRUSTED_READERS)
@@ -437,6 +608,16 @@ impl Detector for FalcoFiles {
             log_allowed: NameSet::new(
                 config.text_list_or("log-truncate-allowed", LOG_TRUNCATE_ALLOWED)?,
             ),
+            shell_config: PathSet::new(
+                config.text_list_or("shell-config-files", SHELL_CONFIG_FILES)?,
+            ),
+            shell_config_allowed: NameSet::new(
+                config.text_list_or("shell-config-allowed", PACKAGE_MANAGERS)?,
+            ),
+            cron_paths: PathSet::new(config.text_list_or("cron-paths", CRON_PATHS)?),
+            cron_allowed: NameSet::new(config.text_list_or("cron-allowed", PACKAGE_MANAGERS)?),
+            history_suffixes: config.text_list_or("history-suffixes", HISTORY_SUFFIXES)?,
+            setuid_allowed: NameSet::new(config.text_list_or("setuid-allowed", SETUID_ALLOWED)?),
         })
     }
 
@@ -451,7 +632,58 @@ impl Detector for FalcoFiles {
                     palisade_sdk::warn!("cannot remember start of pid {}: {e:?}", p.pid);
                 }
             }
-            palisade_sdk::EventData::FileOpen(open) => self.on_open(event.ts_ns, open, p, alerts),
+            // crontab: listing (-l) changes nothing; installing, editing (-e) or removing does.
+            palisade_sdk::EventData::Exec(exec)
+                if (p.comm == "crontab" || exec.filename.ends_with("/crontab"))
+                    && !exec.args.iter().any(|a| a == "-l")
+                    && !self.cron_allowed.matches_process(p) =>
+            {
+                alerts.push(self.persistence_alert(
+                    "schedule-cron-jobs",
+                    Priority::Notice,
+                    "Cron job scheduled with crontab",
+                    &exec.args.join(" "),
+                    p,
+                    &["T1053.003", "mitre_execution"],
+                ));
+            }
+            palisade_sdk::EventData::FileOpen(open) => {
+                self.on_open(event.ts_ns, open, p, alerts);
+                self.on_persistence_open(open, p, alerts);
+            }
+            palisade_sdk::EventData::FileUnlink(path) => {
+                self.on_history(path, "deleted", p, alerts)
+            }
+            palisade_sdk::EventData::FileRename(r) => {
+                self.on_history(&r.from, "renamed", p, alerts)
+            }
+            palisade_sdk::EventData::FileChmod(c)
+                if c.mode & 0o6000 != 0 && !self.setuid_allowed.matches_process(p) =>
+            {
+                let bits = match (c.mode & 0o4000 != 0, c.mode & 0o2000 != 0) {
+                    (true, true) => "setuid+setgid",
+                    (true, false) => "setuid",
+                    _ => "setgid",
+                };
+                alerts.push(
+                    with_context(
+                        Alert::new(
+                            "set-setuid-or-setgid-bit",
+                            Priority::Notice,
+                            format!(
+                                "{bits} bit set on {} (mode {:o}) by {}",
+                                c.path,
+                                c.mode,
+                                describe_process(p)
+                            ),
+                        ),
+                        p,
+                    )
+                    .tags(["T1548.001", "mitre_privilege_escalation", "filesystem"])
+                    .field("path", &c.path)
+                    .field("mode", format!("{:o}", c.mode)),
+                );
+            }
             palisade_sdk::EventData::FileLink(link) => self.on_link(link, p, alerts),
             _ => {}
         }
@@ -559,6 +791,82 @@ mod tests {
                 ("clear-log-activities", 3),
                 ("create-symlink-over-sensitive-files", 4),
                 ("create-hardlink-over-sensitive-files", 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn persistence_and_evasion_rules() {
+        testing::reset();
+        let tee = Process::new(30, "tee", "/usr/bin/tee");
+        let dpkg = Process::new(31, "dpkg", "/usr/bin/dpkg");
+        let bash = Process::new(32, "bash", "/usr/bin/bash");
+        let crontab = Process::new(33, "crontab", "/usr/bin/crontab");
+        let w = open_flags::O_WRONLY | open_flags::O_CREAT | open_flags::O_TRUNC;
+        let got = run(&[
+            (&tee, 1, open("/etc/profile.d/x.sh", w, 3)),
+            (&dpkg, 2, open("/etc/profile.d/apps-bin-path.sh", w, 3)),
+            (
+                &bash,
+                3,
+                open(
+                    "/root/.bashrc",
+                    open_flags::O_WRONLY | open_flags::O_APPEND,
+                    3,
+                ),
+            ),
+            (&tee, 4, open("/etc/cron.d/backdoor", w, 3)),
+            (
+                &crontab,
+                5,
+                EventData::Exec(ExecData {
+                    filename: "/usr/bin/crontab".into(),
+                    args: vec!["crontab".into(), "-l".into()],
+                    args_truncated: false,
+                }),
+            ),
+            (
+                &crontab,
+                6,
+                EventData::Exec(ExecData {
+                    filename: "/usr/bin/crontab".into(),
+                    args: vec!["crontab".into(), "/tmp/c".into()],
+                    args_truncated: false,
+                }),
+            ),
+            (
+                &bash,
+                7,
+                EventData::FileUnlink("/root/.bash_history".into()),
+            ),
+            (&bash, 8, open("/root/.bash_history", w, 3)),
+            (
+                &tee,
+                9,
+                EventData::FileChmod(palisade_sdk::FileChmodData {
+                    path: "/tmp/sh".into(),
+                    mode: 0o4755,
+                }),
+            ),
+            (
+                &dpkg,
+                10,
+                EventData::FileChmod(palisade_sdk::FileChmodData {
+                    path: "/usr/bin/su".into(),
+                    mode: 0o4755,
+                }),
+            ),
+        ]);
+        let rules: Vec<(&str, u32)> = got.iter().map(|(r, i)| (r.as_str(), *i)).collect();
+        assert_eq!(
+            rules,
+            [
+                ("modify-shell-configuration-file", 0),
+                ("schedule-cron-jobs", 3),
+                ("schedule-cron-jobs", 5),
+                ("delete-or-rename-shell-history", 6),
+                ("delete-or-rename-shell-history", 7),
+                ("set-setuid-or-setgid-bit", 8),
             ]
         );
     }
