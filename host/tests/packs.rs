@@ -3,6 +3,12 @@
 //! tampered, truncated, wrongly signed and unsigned packs are refused and install nothing.
 //! Also the plugin directory permission check, in the library and through `palisade run`.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers panic on failure, like the tests"
+)]
+
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -577,4 +583,42 @@ fn run_refuses_a_world_writable_plugin_dir_and_replay_only_warns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "replay: {stderr}");
     assert!(stderr.contains("would refuse this directory"), "{stderr}");
+}
+
+/// Waits until the registry's plugin names are `want` (sorted), or panics.
+fn wait_plugins(h: &Harness, want: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let set = h.daemon.registry.snapshot();
+        let mut names: Vec<String> = set.all().map(|p| p.name().to_string()).collect();
+        names.sort();
+        if names == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plugins {names:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hot_reload_picks_up_an_installed_pack_and_its_removal() {
+    let h = Harness::new("");
+    let scratch = Harness::new("");
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "reload");
+    let src = source_dir(tmp.path(), PACK_TOML);
+    let file = tmp.path().join("demo.tar.gz");
+    build(&src, &file, &scratch.daemon.registry).unwrap();
+    sign(&keys, &file);
+    let key = TrustedKey::parse(keys.public.to_str().unwrap()).unwrap();
+    let pack = Pack::open(&file, policy(&key)).unwrap();
+
+    let _watch = h.daemon.watch_dir(h.plugins_dir()).unwrap();
+    install(&pack, &h.plugins_dir(), &scratch.daemon.registry).unwrap();
+    wait_plugins(&h, &["notify-high", "shell-spawn"]);
+    remove(&h.plugins_dir(), "demo-pack").unwrap();
+    wait_plugins(&h, &[]);
 }

@@ -3,6 +3,12 @@
 //! expected alerts through the real pipeline, and the projects' own native tests pass out of
 //! the box. Other languages are refused with a clear message.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers panic on failure, like the tests"
+)]
+
 mod support;
 
 use std::path::{Path, PathBuf};
