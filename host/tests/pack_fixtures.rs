@@ -188,3 +188,44 @@ fn sequence_state_survives_a_reload() {
         alerts[0]
     );
 }
+
+/// Every rule docs/rules.md attributes to a pack plugin ("`rule-id` (plugin)") is raised by that
+/// plugin's positive fixture, so no documented rule goes untested.
+#[test]
+fn every_documented_rule_has_a_positive_fixture() {
+    let root = xtask::workspace_root();
+    let doc = std::fs::read_to_string(root.join("docs/rules.md")).unwrap();
+    let plugins: Vec<String> = fixture_dirs().into_iter().map(|(n, _)| n).collect();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for piece in doc.split('`').collect::<Vec<_>>().windows(2) {
+        let (rule, after) = (piece[0], piece[1]);
+        let Some(rest) = after.trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let Some(plugin) = rest.split(')').next() else {
+            continue;
+        };
+        if plugins.iter().any(|p| p == plugin) && !rule.is_empty() && !rule.contains(' ') {
+            documented.push((plugin.to_string(), rule.to_string()));
+        }
+    }
+    documented.sort();
+    documented.dedup();
+    assert!(
+        documented.len() >= 30,
+        "parsed too few rules from docs/rules.md: {documented:?}"
+    );
+    let mut missing = Vec::new();
+    for (plugin, rule) in &documented {
+        let golden =
+            Golden::load(&root.join(format!("plugins/{plugin}/fixtures/positive.expected.json")))
+                .unwrap();
+        if !golden.alerts.iter().any(|a| &a.rule == rule) {
+            missing.push(format!("{plugin}/{rule}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "documented rules without a positive fixture alert: {missing:?}"
+    );
+}
