@@ -537,8 +537,14 @@ fn permission_check_refuses_writable_or_foreign_plugin_dirs() {
         err.contains("a parent of the plugin directory") && err.contains("shared"),
         "{err}"
     );
+    // A missing plugin dir is the loader's to report, but its parents still count.
+    let err = check_plugin_dir_as(&parent.join("not-yet"), me)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a parent of the plugin directory"), "{err}");
     std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
     check_plugin_dir_as(&nested, me).unwrap();
+    check_plugin_dir_as(&parent.join("not-yet/deeper"), me).unwrap();
 }
 
 #[test]

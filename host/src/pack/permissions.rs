@@ -75,14 +75,24 @@ fn problem(meta: &std::fs::Metadata, euid: u32, allow_sticky: bool) -> Option<St
 
 /// Checks `dir`, its ancestors and every plugin file in it as if the daemon ran as `euid`.
 pub fn check_plugin_dir_as(dir: &Path, euid: u32) -> Result<(), PermissionError> {
-    let canonical = dir.canonicalize().map_err(|e| PermissionError::Stat {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
     let owner_fix = if euid == 0 {
         "root:root".to_string()
     } else {
         format!("{euid}")
+    };
+    let canonical = match dir.canonicalize() {
+        Ok(path) => path,
+        // A missing directory is the loader's to report (or the watcher's to wait for); whoever
+        // could create it is decided by its existing parents, so check those.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return check_ancestors(dir, euid, &owner_fix, true);
+        }
+        Err(e) => {
+            return Err(PermissionError::Stat {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })
+        }
     };
     let meta = stat(&canonical)?;
     if let Some(problem) = problem(&meta, euid, false) {
@@ -93,20 +103,7 @@ pub fn check_plugin_dir_as(dir: &Path, euid: u32) -> Result<(), PermissionError>
             problem,
         });
     }
-    for ancestor in canonical.ancestors().skip(1) {
-        let meta = stat(ancestor)?;
-        if let Some(problem) = problem(&meta, euid, true) {
-            return Err(PermissionError::Unsafe {
-                fix: format!(
-                    "chown {owner_fix} {p} && chmod go-w {p}",
-                    p = quote(ancestor)
-                ),
-                path: ancestor.to_path_buf(),
-                what: "a parent of the plugin directory",
-                problem,
-            });
-        }
-    }
+    check_ancestors(&canonical, euid, &owner_fix, false)?;
     let entries = std::fs::read_dir(&canonical).map_err(|e| PermissionError::Stat {
         path: dir.to_path_buf(),
         reason: e.to_string(),
@@ -136,6 +133,49 @@ pub fn check_plugin_dir_as(dir: &Path, euid: u32) -> Result<(), PermissionError>
                 fix: format!("chown {owner_fix} {p} && chmod 644 {p}", p = quote(&path)),
                 path,
                 what: "a plugin file",
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the directories above `dir` (the existing ones, when `dir` does not exist yet).
+fn check_ancestors(
+    dir: &Path,
+    euid: u32,
+    owner_fix: &str,
+    missing: bool,
+) -> Result<(), PermissionError> {
+    let absolute = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| PermissionError::Stat {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .join(dir)
+    };
+    for ancestor in absolute.ancestors().skip(1) {
+        let meta = match std::fs::metadata(ancestor) {
+            Ok(meta) => meta,
+            Err(e) if missing && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(PermissionError::Stat {
+                    path: ancestor.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if let Some(problem) = problem(&meta, euid, true) {
+            return Err(PermissionError::Unsafe {
+                fix: format!(
+                    "chown {owner_fix} {p} && chmod go-w {p}",
+                    p = quote(ancestor)
+                ),
+                path: ancestor.to_path_buf(),
+                what: "a parent of the plugin directory",
                 problem,
             });
         }
