@@ -81,6 +81,25 @@ audit_log = "/var/log/palisade/audit.jsonl"
 # Action requests allowed per responder per minute; more are answered rate-limited.
 rate_limit_per_minute = 60
 
+[actions.deny]
+# deny-open answers fanotify permission events; an open of a denied file waits at most this long
+# for the daemon's answer before `default_on_timeout` applies (a stalled daemon never hangs it).
+response_timeout_ms = 500
+# "allow" or "deny": the answer when the deadline passes.
+default_on_timeout = "allow"
+
+[notify]
+# No `webhook_url`: notifications only go to the log and the alert outputs. Plain http:// only.
+# "generic" (JSON object with an idempotency key) or "slack" ({"text": ...}).
+format = "generic"
+# One file per pending notification, kept until the endpoint answers 2xx (survives restarts).
+spool_dir = "/var/lib/palisade/notify-spool"
+# Backoff between delivery attempts: doubled after each failure, up to the maximum.
+retry_initial_ms = 1000
+retry_max_ms = 300000
+# Connect/write/read timeout of one attempt.
+timeout_ms = 5000
+
 [metrics]
 # No `addr`: the Prometheus endpoint is off.
 
@@ -106,6 +125,8 @@ pub struct Config {
     /// Where alerts go; never empty.
     pub outputs: Vec<OutputConfig>,
     pub actions: ActionsConfig,
+    /// Where `notify` goes besides the log and the alert outputs.
+    pub notify: NotifyConfig,
     /// Capabilities the operator grants, per plugin name (sorted, no duplicates). A plugin gets
     /// the intersection with what it requests; see [`Config::granted`].
     pub grants: BTreeMap<String, Vec<Capability>>,
@@ -192,6 +213,8 @@ pub enum Mode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionsConfig {
+    /// deny-open (fanotify) deadline and default.
+    pub deny: DenyConfig,
     pub mode: Mode,
     pub audit_log: PathBuf,
     pub rate_limit_per_minute: u32,
@@ -203,6 +226,43 @@ pub struct ActionsConfig {
 pub struct ResponderActionsConfig {
     pub mode: Option<Mode>,
     pub rate_limit_per_minute: Option<u32>,
+}
+
+/// `[actions.deny]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyConfig {
+    pub response_timeout_ms: u64,
+    pub default_on_timeout: TimeoutDefault,
+}
+
+/// What a denied open gets when the daemon does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutDefault {
+    Allow,
+    Deny,
+}
+
+/// `[notify]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// `None`: no webhook.
+    pub webhook_url: Option<String>,
+    pub format: WebhookFormat,
+    pub spool_dir: PathBuf,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// Body shape of webhook notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// `{id, idempotency_key, time, responder, channel, message, alert_id}`.
+    Generic,
+    /// `{"text": ...}`, as Slack-compatible incoming webhooks take it.
+    Slack,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -523,6 +583,7 @@ struct RawConfig {
     source: Option<RawSource>,
     outputs: Option<Vec<RawOutput>>,
     actions: Option<RawActions>,
+    notify: Option<RawNotify>,
     grants: Option<BTreeMap<String, Vec<Capability>>>,
     metrics: Option<RawMetrics>,
     log: Option<RawLog>,
@@ -588,6 +649,7 @@ struct RawOutput {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawActions {
+    deny: Option<RawDeny>,
     mode: Option<Mode>,
     audit_log: Option<String>,
     rate_limit_per_minute: Option<i64>,
@@ -599,6 +661,24 @@ struct RawActions {
 struct RawResponderActions {
     mode: Option<Mode>,
     rate_limit_per_minute: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawDeny {
+    response_timeout_ms: Option<i64>,
+    default_on_timeout: Option<TimeoutDefault>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawNotify {
+    webhook_url: Option<String>,
+    format: Option<WebhookFormat>,
+    spool_dir: Option<String>,
+    retry_initial_ms: Option<i64>,
+    retry_max_ms: Option<i64>,
+    timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1116,6 +1196,24 @@ pub(crate) fn check_path_text(text: &str) -> Result<(), String> {
     }
 }
 
+/// Webhook URLs: `http://host[:port][/path]`; checked here for shape, parsed again by the sink.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err("https is not supported by this build (no TLS); use an http:// relay".into());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("an http:// URL expected, got {url:?}"));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(format!("a host expected in {url:?}"));
+    }
+    if url.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        return Err("spaces and control characters are not allowed".into());
+    }
+    Ok(())
+}
+
 /// Plugin names as the WIT contract defines them: `[a-z0-9-]+`, at most 64 characters.
 pub fn is_valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
@@ -1365,7 +1463,18 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
             },
         );
     }
+    let d = required(loc, "actions.deny", a.deny)?;
+    let deny = DenyConfig {
+        response_timeout_ms: int_in(
+            loc,
+            "actions.deny.response_timeout_ms",
+            d.response_timeout_ms,
+            1..=60_000,
+        )?,
+        default_on_timeout: required(loc, "actions.deny.default_on_timeout", d.default_on_timeout)?,
+    };
     let actions = ActionsConfig {
+        deny,
         mode: required(loc, "actions.mode", a.mode)?,
         audit_log: non_empty_path(loc, "actions.audit_log", a.audit_log)?,
         rate_limit_per_minute: int_in(
@@ -1386,6 +1495,38 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
         caps.dedup();
         grants.insert(name, caps);
     }
+
+    let n = required(loc, "notify", raw.notify)?;
+    let webhook_url = match n.webhook_url {
+        Some(url) => {
+            check_webhook_url(&url).map_err(|reason| loc.invalid("notify.webhook_url", reason))?;
+            Some(url)
+        }
+        None => None,
+    };
+    let retry_initial_ms: u64 = int_in(
+        loc,
+        "notify.retry_initial_ms",
+        n.retry_initial_ms,
+        1..=3_600_000,
+    )?;
+    let retry_max_ms: u64 = int_in(loc, "notify.retry_max_ms", n.retry_max_ms, 1..=86_400_000)?;
+    if retry_max_ms < retry_initial_ms {
+        return Err(loc.invalid(
+            "notify.retry_max_ms",
+            format!(
+                "must be at least notify.retry_initial_ms ({retry_initial_ms}), got {retry_max_ms}"
+            ),
+        ));
+    }
+    let notify = NotifyConfig {
+        webhook_url,
+        format: required(loc, "notify.format", n.format)?,
+        spool_dir: non_empty_path(loc, "notify.spool_dir", n.spool_dir)?,
+        retry_initial_ms,
+        retry_max_ms,
+        timeout_ms: int_in(loc, "notify.timeout_ms", n.timeout_ms, 1..=600_000)?,
+    };
 
     let metrics = MetricsConfig {
         addr: match raw.metrics.and_then(|m| m.addr) {
@@ -1414,6 +1555,7 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
         source,
         outputs,
         actions,
+        notify,
         grants,
         metrics,
         log,

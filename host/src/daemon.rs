@@ -31,6 +31,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Actions(#[from] crate::actions::ActionsError),
     #[error(transparent)]
+    Webhook(#[from] crate::actions::webhook::WebhookError),
+    #[error(transparent)]
     Output(#[from] crate::output::OutputError),
     #[error(transparent)]
     Reload(#[from] crate::reload::ReloadError),
@@ -55,9 +57,11 @@ pub fn hostname(configured: Option<&str>) -> String {
 }
 
 /// Notifications from responders become alerts on the outputs and a log line.
+/// With `[notify] webhook_url`, they are also spooled for the webhook.
 struct BusNotifier {
     tx: Sender<Alert>,
     hostname: String,
+    webhook: Option<crate::actions::webhook::WebhookSink>,
 }
 
 impl NotifySink for BusNotifier {
@@ -82,7 +86,57 @@ impl NotifySink for BusNotifier {
             hostname: self.hostname.clone(),
             event: None,
         };
-        self.tx.send(alert).map_err(|_| "alert bus is shut down".to_string())
+        let sent = self
+            .tx
+            .send(alert)
+            .map_err(|_| "alert bus is shut down".to_string());
+        if let Some(webhook) = &self.webhook {
+            webhook.notify(responder, channel, message, alert_id)?;
+        }
+        sent
+    }
+}
+
+/// The webhook sink of `[notify]`, when a URL is configured.
+fn start_webhook(
+    notify: &config::NotifyConfig,
+) -> Result<Option<crate::actions::webhook::WebhookSink>, DaemonError> {
+    use crate::actions::webhook::{WebhookSettings, WebhookSink};
+    let Some(settings) = WebhookSettings::from_config(notify) else {
+        return Ok(None);
+    };
+    tracing::info!(
+        url = %settings.url,
+        spool = %settings.spool_dir.display(),
+        "notify: webhook enabled"
+    );
+    Ok(Some(WebhookSink::start(settings)?))
+}
+
+/// Registers the fanotify deny-open actuator when some plugin is granted deny-open. Without
+/// the privilege (or kernel support) the capability stays unsupported and a warning says why.
+fn with_deny_open(broker: Broker, config: &Config) -> Broker {
+    use crate::actions::fanotify::{DenyOpenActuator, DenySettings, OpenDenier};
+    use crate::capability::Capability;
+    if !config
+        .grants
+        .values()
+        .any(|caps| caps.contains(&Capability::DenyOpen))
+    {
+        return broker;
+    }
+    match OpenDenier::start(DenySettings::from_config(&config.actions.deny)) {
+        Ok(denier) => broker.with_actuator(
+            Capability::DenyOpen,
+            Box::new(DenyOpenActuator::new(Arc::new(denier))),
+        ),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "deny-open is granted but unavailable: such requests will fail as unsupported"
+            );
+            broker
+        }
     }
 }
 
@@ -257,8 +311,9 @@ impl Daemon {
         let notifier = BusNotifier {
             tx: internal.0.clone(),
             hostname: hostname.clone(),
+            webhook: start_webhook(&config.notify)?,
         };
-        let broker = Arc::new(Broker::new(broker_settings, Box::new(notifier))?.with_metrics(Arc::clone(&metrics)));
+        let broker = Arc::new(with_deny_open(Broker::new(broker_settings, Box::new(notifier))?, &config).with_metrics(Arc::clone(&metrics)));
         let grants_config = config.clone();
         let engine_cfg = &config.engine;
         let registry = Arc::new(Registry::new(

@@ -20,6 +20,8 @@ pub use crate::config::Mode;
 
 pub mod audit;
 pub mod broker;
+pub mod fanotify;
+pub mod webhook;
 
 pub use audit::{AuditLog, AuditRecord, AuditResult};
 pub use broker::{Broker, BrokerSettings, ResponderSettings};

@@ -1,0 +1,613 @@
+//! Deny-open / deny-exec by path through fanotify permission events: the `deny-open` actuator.
+//!
+//! [`OpenDenier`] owns one fanotify group (`FAN_CLASS_CONTENT`) with an inode mark
+//! (`FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM`) on every denied file; only opens and execs of marked
+//! inodes reach us, and they are answered `FAN_DENY` (the caller sees EPERM) unless the opener
+//! is the daemon itself, whose own opens are always allowed. BPF LSM would be the better tool
+//! where the kernel has it enabled; this build uses fanotify everywhere.
+//!
+//! A permission event blocks the opener until answered, so the design is about never hanging
+//! the system:
+//! * the reader thread only reads, looks a file's (dev, inode) up in a small table and answers;
+//! * every event it has read sits in a pending table with the time it was read, and a watchdog
+//!   thread answers any event older than the response deadline with the configured default
+//!   (allow unless configured otherwise);
+//! * if the reader itself is wedged (busy longer than the deadline), the watchdog reads the
+//!   queue itself and answers with the default;
+//! * when the daemon exits, closing the group makes the kernel allow everything still pending.
+//!
+//! Marks are inode marks: the rule follows the file through renames, and a new file created at
+//! the same path is not covered.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome};
+
+/// What the opener gets when the daemon does not answer within the deadline; defined with the
+/// rest of `[actions.deny]` in the config.
+pub use crate::config::TimeoutDefault;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenySettings {
+    /// Longest an open of a denied file waits for the daemon's answer.
+    pub response_timeout: Duration,
+    /// The answer when the deadline passes.
+    pub on_timeout: TimeoutDefault,
+}
+
+impl DenySettings {
+    /// The settings `[actions.deny]` describes.
+    pub fn from_config(deny: &crate::config::DenyConfig) -> DenySettings {
+        DenySettings {
+            response_timeout: Duration::from_millis(deny.response_timeout_ms),
+            on_timeout: deny.default_on_timeout,
+        }
+    }
+}
+
+impl Default for DenySettings {
+    fn default() -> Self {
+        DenySettings {
+            response_timeout: Duration::from_millis(500),
+            on_timeout: TimeoutDefault::Allow,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DenyError {
+    #[error("fanotify_init failed (needs CAP_SYS_ADMIN and CONFIG_FANOTIFY_ACCESS_PERMISSIONS): {source}")]
+    Init {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot deny {path}: {reason}")]
+    Target { path: PathBuf, reason: String },
+    #[error("fanotify_mark on {path} failed: {source}")]
+    Mark {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no deny rule {id}")]
+    NoRule { id: String },
+}
+
+/// Where the reader thread stops when stalled through [`OpenDenier::stall`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallPoint {
+    /// Before reading the queue: events stay in the kernel.
+    BeforeRead,
+    /// After reading events, before answering them.
+    BeforeAnswer,
+}
+
+/// Counters, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct DenyStats {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    /// Answered with the timeout default because the reader was late.
+    pub defaulted: AtomicU64,
+}
+
+/// One deny rule: a marked inode.
+struct Rule {
+    path: PathBuf,
+    key: (u64, u64),
+    /// Keeps the inode reachable through `/proc/self/fd/N` so the mark can be removed even
+    /// after the file was renamed.
+    pin: OwnedFd,
+}
+
+#[derive(Default)]
+struct Rules {
+    by_id: HashMap<String, Rule>,
+    /// Rules per inode: one mark however many rules name it.
+    marked: HashMap<(u64, u64), usize>,
+    next: u64,
+}
+
+/// An event read from the queue and not answered yet.
+struct Pending {
+    since: Instant,
+    pid: i32,
+    /// The event's fd; kept open (by whoever holds a clone) until the answer is written, so
+    /// its number cannot be reused meanwhile.
+    file: Arc<File>,
+}
+
+struct Shared {
+    group: File,
+    settings: DenySettings,
+    own_pid: i32,
+    rules: Mutex<Rules>,
+    pending: Mutex<HashMap<RawFd, Pending>>,
+    stop: AtomicBool,
+    epoch: Instant,
+    /// Nanoseconds since `epoch` (+1) when the reader started its current piece of work; 0
+    /// while it waits in poll. The watchdog rescues the queue when this is older than the
+    /// deadline.
+    busy_since: AtomicU64,
+    stall: Mutex<Option<(StallPoint, Instant)>>,
+    stats: DenyStats,
+}
+
+/// The fanotify group, its reader and watchdog threads, and the deny rules.
+pub struct OpenDenier {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+const MASK: u64 = libc::FAN_OPEN_PERM | libc::FAN_OPEN_EXEC_PERM;
+/// `struct fanotify_event_metadata` is 24 bytes: event_len u32, vers u8, reserved u8,
+/// metadata_len u16, mask u64, fd i32, pid i32.
+const METADATA_LEN: usize = 24;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder leaves consistent data (plain inserts/removes): keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl OpenDenier {
+    /// Creates the fanotify group and starts the reader and watchdog threads.
+    pub fn start(settings: DenySettings) -> Result<OpenDenier, DenyError> {
+        #[expect(unsafe_code, reason = "fanotify_init has no safe wrapper")]
+        // SAFETY: plain syscall with constant flags; the result is checked before use.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+                (libc::O_RDONLY | libc::O_LARGEFILE) as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(DenyError::Init {
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        #[expect(
+            unsafe_code,
+            reason = "taking ownership of the fd fanotify_init returned"
+        )]
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let group = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        tracing::info!(
+            timeout_ms = settings.response_timeout.as_millis() as u64,
+            on_timeout = ?settings.on_timeout,
+            "deny-open: using fanotify permission events (BPF LSM not used)"
+        );
+        let shared = Arc::new(Shared {
+            group,
+            settings,
+            own_pid: std::process::id() as i32,
+            rules: Mutex::new(Rules::default()),
+            pending: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            epoch: Instant::now(),
+            busy_since: AtomicU64::new(0),
+            stall: Mutex::new(None),
+            stats: DenyStats::default(),
+        });
+        let mut threads = Vec::new();
+        for (name, f) in [
+            ("palisade-fanotify", reader as fn(&Shared)),
+            ("palisade-fanotify-watchdog", watchdog as fn(&Shared)),
+        ] {
+            let s = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || f(&s));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(source) => {
+                    let denier = OpenDenier { shared, threads };
+                    drop(denier);
+                    return Err(DenyError::Thread { name, source });
+                }
+            }
+        }
+        Ok(OpenDenier { shared, threads })
+    }
+
+    /// Denies opens and execs of the file at `path` (a regular file) by every process but the
+    /// daemon. Returns the rule id for [`OpenDenier::allow`].
+    pub fn deny(&self, path: &Path) -> Result<String, DenyError> {
+        let target = |reason: String| DenyError::Target {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.is_absolute() {
+            return Err(target("an absolute path expected".into()));
+        }
+        // O_PATH: pins the inode without opening it (and without a permission event).
+        let pin = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| target(e.to_string()))?;
+        let meta = pin.metadata().map_err(|e| target(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(target("not a regular file".into()));
+        }
+        let key = (meta.dev(), meta.ino());
+        if std::fs::metadata("/proc/self/exe").is_ok_and(|m| (m.dev(), m.ino()) == key) {
+            return Err(target("the daemon's own executable is never denied".into()));
+        }
+        let pin = OwnedFd::from(pin);
+        let mut rules = lock(&self.shared.rules);
+        let count = rules.marked.get(&key).copied().unwrap_or(0);
+        if count == 0 {
+            mark(&self.shared.group, libc::FAN_MARK_ADD, &pin).map_err(|source| {
+                DenyError::Mark {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        }
+        rules.marked.insert(key, count + 1);
+        rules.next += 1;
+        let id = format!("fan-{}", rules.next);
+        rules.by_id.insert(
+            id.clone(),
+            Rule {
+                path: path.to_owned(),
+                key,
+                pin,
+            },
+        );
+        tracing::info!(rule = %id, path = %path.display(), dev = key.0, ino = key.1, "deny-open: rule added");
+        Ok(id)
+    }
+
+    /// Removes rule `id`; the file opens again once no rule names its inode.
+    pub fn allow(&self, id: &str) -> Result<(), DenyError> {
+        let mut rules = lock(&self.shared.rules);
+        let rule = rules
+            .by_id
+            .remove(id)
+            .ok_or_else(|| DenyError::NoRule { id: id.into() })?;
+        let count = rules.marked.get(&rule.key).copied().unwrap_or(1);
+        if count <= 1 {
+            rules.marked.remove(&rule.key);
+            if let Err(source) = mark(&self.shared.group, libc::FAN_MARK_REMOVE, &rule.pin) {
+                // Put the rule back: it is still in force.
+                rules.marked.insert(rule.key, count);
+                let path = rule.path.clone();
+                rules.by_id.insert(id.to_owned(), rule);
+                return Err(DenyError::Mark { path, source });
+            }
+        } else {
+            rules.marked.insert(rule.key, count - 1);
+        }
+        tracing::info!(rule = %id, path = %rule.path.display(), "deny-open: rule removed");
+        Ok(())
+    }
+
+    /// (rule id, path) of every rule, sorted by id.
+    pub fn rules(&self) -> Vec<(String, PathBuf)> {
+        let rules = lock(&self.shared.rules);
+        let mut out: Vec<_> = rules
+            .by_id
+            .iter()
+            .map(|(id, r)| (id.clone(), r.path.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn settings(&self) -> DenySettings {
+        self.shared.settings
+    }
+
+    pub fn stats(&self) -> &DenyStats {
+        &self.shared.stats
+    }
+
+    /// Test hook: makes the reader thread stop at `point` for `duration`, as a wedged daemon
+    /// would, so tests can show the deadline default applies instead of a hang.
+    pub fn stall(&self, point: StallPoint, duration: Duration) {
+        *lock(&self.shared.stall) = Some((point, Instant::now() + duration));
+    }
+}
+
+impl Drop for OpenDenier {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        *lock(&self.shared.stall) = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // Events read but unanswered get the default now; the group fd closes with the last
+        // Arc, and the kernel allows whatever is still queued.
+        let left: Vec<_> = lock(&self.shared.pending).drain().collect();
+        for (fd, p) in left {
+            let d = self.shared.default_for(p.pid);
+            self.shared.respond(fd, d);
+        }
+    }
+}
+
+/// FAN_MARK_ADD / FAN_MARK_REMOVE of the inode `pin` refers to, through its /proc magic link
+/// (works after a rename; an O_PATH fd cannot be passed as the dirfd itself).
+fn mark(group: &File, op: libc::c_uint, pin: &OwnedFd) -> std::io::Result<()> {
+    let link = std::ffi::CString::new(format!("/proc/self/fd/{}", pin.as_raw_fd()))
+        .map_err(std::io::Error::other)?;
+    #[expect(unsafe_code, reason = "fanotify_mark has no safe wrapper")]
+    // SAFETY: `group` is an open fanotify fd and `link` a NUL-terminated string that outlives
+    // the call.
+    let rc =
+        unsafe { libc::fanotify_mark(group.as_raw_fd(), op, MASK, libc::AT_FDCWD, link.as_ptr()) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+    }
+
+    fn default_for(&self, pid: i32) -> bool {
+        pid == self.own_pid || self.settings.on_timeout == TimeoutDefault::Allow
+    }
+
+    /// Writes the answer for event `fd` (true = allow). Never blocks for long: the group fd
+    /// is non-blocking and responses are 8 bytes.
+    fn respond(&self, fd: RawFd, allow: bool) {
+        let response = if allow {
+            libc::FAN_ALLOW
+        } else {
+            libc::FAN_DENY
+        };
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&fd.to_ne_bytes());
+        buf[4..].copy_from_slice(&response.to_ne_bytes());
+        if let Err(error) = (&self.group).write_all(&buf) {
+            tracing::error!(fd, %error, "deny-open: cannot answer a permission event");
+        }
+    }
+
+    /// Reads what is queued (non-blocking). Events without an fd (queue overflow) are counted
+    /// and dropped: permission events are never merged away, so nothing waits on them.
+    fn read_events(&self, buf: &mut [u8]) -> Vec<(RawFd, i32, Arc<File>)> {
+        let n = match (&self.group).read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Vec::new(),
+            Err(error) => {
+                tracing::error!(%error, "deny-open: reading fanotify events failed");
+                std::thread::sleep(Duration::from_millis(10));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + METADATA_LEN <= n {
+            let b = &buf[off..off + METADATA_LEN];
+            let event_len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let vers = b[4];
+            let fd = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+            let pid = i32::from_ne_bytes([b[20], b[21], b[22], b[23]]);
+            if vers != libc::FANOTIFY_METADATA_VERSION || event_len < METADATA_LEN {
+                tracing::error!(vers, event_len, "deny-open: unexpected fanotify metadata");
+                break;
+            }
+            off += event_len;
+            if fd < 0 {
+                tracing::warn!("deny-open: fanotify queue overflow");
+                continue;
+            }
+            #[expect(
+                unsafe_code,
+                reason = "taking ownership of the fd a fanotify event carries"
+            )]
+            // SAFETY: the kernel installed `fd` in our table for this event; nobody else owns it.
+            let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            out.push((fd, pid, Arc::new(file)));
+        }
+        out
+    }
+
+    /// The reader's answer: deny when the opener is not the daemon and the inode is ruled.
+    fn decide(&self, pid: i32, file: &File) -> bool {
+        if pid == self.own_pid {
+            return true;
+        }
+        let Ok(meta) = file.metadata() else {
+            return self.default_for(pid);
+        };
+        let denied = lock(&self.rules)
+            .marked
+            .contains_key(&(meta.dev(), meta.ino()));
+        if denied {
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .unwrap_or_default();
+            tracing::warn!(pid, path = %path.display(), "deny-open: denied");
+        }
+        !denied
+    }
+
+    /// Sleeps while a stall at `point` is in force (test hook).
+    fn stall_at(&self, point: StallPoint) {
+        loop {
+            let until = match *lock(&self.stall) {
+                Some((p, until)) if p == point && Instant::now() < until => until,
+                _ => return,
+            };
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10)),
+            );
+        }
+    }
+
+    fn count(&self, allow: bool) {
+        let c = if allow {
+            &self.stats.allowed
+        } else {
+            &self.stats.denied
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Poll for readability, at most `timeout_ms`.
+fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    #[expect(unsafe_code, reason = "poll has no safe wrapper in std")]
+    // SAFETY: one valid pollfd on the stack, count 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    rc > 0 && (pfd.revents & libc::POLLIN) != 0
+}
+
+fn reader(s: &Shared) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !s.stop.load(Ordering::SeqCst) {
+        s.busy_since.store(0, Ordering::SeqCst);
+        if !poll_readable(s.group.as_raw_fd(), 100) {
+            continue;
+        }
+        s.busy_since.store(s.now_ns(), Ordering::SeqCst);
+        s.stall_at(StallPoint::BeforeRead);
+        let events = s.read_events(&mut buf);
+        if events.is_empty() {
+            continue;
+        }
+        {
+            let now = Instant::now();
+            let mut pending = lock(&s.pending);
+            for (fd, pid, file) in &events {
+                pending.insert(
+                    *fd,
+                    Pending {
+                        since: now,
+                        pid: *pid,
+                        file: Arc::clone(file),
+                    },
+                );
+            }
+        }
+        s.stall_at(StallPoint::BeforeAnswer);
+        for (fd, pid, file) in events {
+            let allow = s.decide(pid, &file);
+            // Answer only if the watchdog has not answered for us meanwhile.
+            if lock(&s.pending).remove(&fd).is_some() {
+                s.respond(fd, allow);
+                s.count(allow);
+            }
+            drop(file);
+        }
+    }
+}
+
+fn watchdog(s: &Shared) {
+    let deadline = s.settings.response_timeout;
+    let tick = (deadline / 5).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !s.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(tick);
+        // Events the reader read but did not answer in time.
+        let expired: Vec<(RawFd, Pending)> = {
+            let mut pending = lock(&s.pending);
+            let late: Vec<RawFd> = pending
+                .iter()
+                .filter(|(_, p)| p.since.elapsed() >= deadline)
+                .map(|(fd, _)| *fd)
+                .collect();
+            late.into_iter()
+                .filter_map(|fd| pending.remove(&fd).map(|p| (fd, p)))
+                .collect()
+        };
+        for (fd, p) in expired {
+            let allow = s.default_for(p.pid);
+            tracing::warn!(
+                pid = p.pid,
+                allow,
+                "deny-open: reader late, answered with the timeout default"
+            );
+            s.respond(fd, allow);
+            s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
+            drop(p.file);
+        }
+        // A reader wedged before reading: drain the queue with the default.
+        let busy = s.busy_since.load(Ordering::SeqCst);
+        if busy != 0 && s.now_ns().saturating_sub(busy) >= deadline_ns {
+            for (fd, pid, file) in s.read_events(&mut buf) {
+                let allow = s.default_for(pid);
+                tracing::warn!(
+                    pid,
+                    allow,
+                    "deny-open: reader stalled, answered with the timeout default"
+                );
+                s.respond(fd, allow);
+                s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
+                drop(file);
+            }
+        }
+    }
+}
+
+/// The `deny-open` [`Actuator`]: each request adds a rule, release removes it.
+pub struct DenyOpenActuator {
+    denier: Arc<OpenDenier>,
+}
+
+impl DenyOpenActuator {
+    pub fn new(denier: Arc<OpenDenier>) -> DenyOpenActuator {
+        DenyOpenActuator { denier }
+    }
+
+    pub fn denier(&self) -> &Arc<OpenDenier> {
+        &self.denier
+    }
+}
+
+impl Actuator for DenyOpenActuator {
+    fn execute(&self, _ctx: &ExecContext<'_>, req: &ActionRequest) -> Result<Outcome, ActionError> {
+        let ActionRequest::DenyOpen { path } = req else {
+            return Err(ActionError::Failed(format!(
+                "deny-open actuator got a {} request",
+                req.name()
+            )));
+        };
+        match self.denier.deny(Path::new(path)) {
+            Ok(id) => Ok(Outcome::Held { handle: id }),
+            Err(e @ DenyError::Target { .. }) => Err(ActionError::InvalidTarget(e.to_string())),
+            Err(e) => Err(ActionError::Failed(e.to_string())),
+        }
+    }
+
+    fn release(&self, action: &ActiveAction) -> Result<(), ActionError> {
+        self.denier.allow(&action.handle).map_err(|e| match e {
+            DenyError::NoRule { .. } => ActionError::InvalidTarget(e.to_string()),
+            other => ActionError::Failed(other.to_string()),
+        })
+    }
+}

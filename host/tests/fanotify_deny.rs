@@ -1,0 +1,319 @@
+//! Deny-open / deny-exec through fanotify permission events, against real processes (root
+//! only; without root every test prints "SKIPPED (needs root)" and passes). The denier runs in
+//! the test process, whose own opens are always allowed, so every probe is a child process.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, like the tests"
+)]
+#![expect(
+    clippy::print_stderr,
+    reason = "skips and measured stall latencies are reported on stderr"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade::actions::fanotify::{
+    DenyOpenActuator, DenySettings, OpenDenier, StallPoint, TimeoutDefault,
+};
+use palisade::actions::{ActionRequest, ActiveAction, Actuator, ExecContext, Mode, Outcome};
+use palisade::capability::Capability;
+
+fn is_root() -> bool {
+    // Reading our own effective uid without libc: the fourth field of /proc/self/status Uid.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+macro_rules! require_root {
+    ($name:expr) => {
+        if !is_root() {
+            eprintln!("{}: SKIPPED (needs root)", $name);
+            return;
+        }
+    };
+}
+
+/// What a child `cat` of `path` got: Ok(contents) or Err(stderr).
+fn child_cat(path: &Path) -> Result<String, String> {
+    let out = Command::new("cat").arg(path).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn settings(timeout_ms: u64, on_timeout: TimeoutDefault) -> DenySettings {
+    DenySettings {
+        response_timeout: Duration::from_millis(timeout_ms),
+        on_timeout,
+    }
+}
+
+fn files(dir: &Path) -> (PathBuf, PathBuf) {
+    let secret = dir.join("secret");
+    let other = dir.join("other");
+    std::fs::write(&secret, "secret\n").unwrap();
+    std::fs::write(&other, "other\n").unwrap();
+    (secret, other)
+}
+
+fn active(id: &str, handle: &str, path: &Path) -> ActiveAction {
+    ActiveAction {
+        id: id.into(),
+        responder: "test".into(),
+        capability: Capability::DenyOpen,
+        request: ActionRequest::DenyOpen {
+            path: path.display().to_string(),
+        },
+        alert_id: "a-1".into(),
+        mode: Mode::Enforce,
+        since: std::time::SystemTime::now(),
+        handle: handle.into(),
+    }
+}
+
+#[test]
+fn denied_open_fails_with_eperm_other_file_opens_and_release_restores() {
+    require_root!("denied_open_fails_with_eperm_other_file_opens_and_release_restores");
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, other) = files(dir.path());
+    let actuator = DenyOpenActuator::new(Arc::new(
+        OpenDenier::start(settings(2000, TimeoutDefault::Allow)).unwrap(),
+    ));
+    let ctx = ExecContext {
+        responder: "test",
+        alert_id: "a-1",
+        action_id: "act-1",
+    };
+    let req = ActionRequest::DenyOpen {
+        path: secret.display().to_string(),
+    };
+    let Outcome::Held { handle } = actuator.execute(&ctx, &req).unwrap() else {
+        panic!("deny-open must hold state");
+    };
+
+    let err = child_cat(&secret).unwrap_err();
+    assert!(
+        err.contains("Operation not permitted"),
+        "EPERM expected, got {err:?}"
+    );
+    assert_eq!(child_cat(&other).unwrap(), "other\n");
+    // The daemon (this process) is never denied.
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "secret\n");
+    assert!(
+        actuator
+            .denier()
+            .stats()
+            .denied
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    actuator
+        .release(&active("act-1", &handle, &secret))
+        .unwrap();
+    assert_eq!(child_cat(&secret).unwrap(), "secret\n");
+    assert!(actuator.denier().rules().is_empty());
+    // Releasing twice is an invalid target, not a crash.
+    assert!(actuator
+        .release(&active("act-1", &handle, &secret))
+        .is_err());
+}
+
+#[test]
+fn denied_exec_fails_with_eperm_other_binary_runs() {
+    require_root!("denied_exec_fails_with_eperm_other_binary_runs");
+    let dir = tempfile::tempdir().unwrap();
+    let denied = dir.path().join("true-denied");
+    let allowed = dir.path().join("true-allowed");
+    std::fs::copy("/bin/true", &denied).unwrap();
+    std::fs::copy("/bin/true", &allowed).unwrap();
+    let denier = OpenDenier::start(settings(2000, TimeoutDefault::Allow)).unwrap();
+    let id = denier.deny(&denied).unwrap();
+
+    let err = Command::new(&denied).status().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert!(Command::new(&allowed).status().unwrap().success());
+    // Denying through another path of the same inode (a hard link) is the same rule target.
+    let link = dir.path().join("hardlink");
+    std::fs::hard_link(&denied, &link).unwrap();
+    let err = Command::new(&link).status().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+
+    denier.allow(&id).unwrap();
+    assert!(Command::new(&denied).status().unwrap().success());
+}
+
+#[test]
+fn two_rules_on_one_file_hold_until_both_are_released() {
+    require_root!("two_rules_on_one_file_hold_until_both_are_released");
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = files(dir.path());
+    let denier = OpenDenier::start(settings(2000, TimeoutDefault::Allow)).unwrap();
+    let a = denier.deny(&secret).unwrap();
+    let b = denier.deny(&secret).unwrap();
+    assert_ne!(a, b);
+    denier.allow(&a).unwrap();
+    assert!(
+        child_cat(&secret).is_err(),
+        "still denied by the second rule"
+    );
+    denier.allow(&b).unwrap();
+    assert_eq!(child_cat(&secret).unwrap(), "secret\n");
+}
+
+#[test]
+fn bad_targets_are_rejected() {
+    require_root!("bad_targets_are_rejected");
+    let dir = tempfile::tempdir().unwrap();
+    let denier = OpenDenier::start(DenySettings::default()).unwrap();
+    assert!(denier.deny(Path::new("relative")).is_err());
+    assert!(denier.deny(&dir.path().join("missing")).is_err());
+    assert!(
+        denier.deny(dir.path()).is_err(),
+        "directories are not denied"
+    );
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    assert!(denier.deny(&exe).is_err(), "the daemon's own executable");
+    assert!(denier.rules().is_empty());
+}
+
+/// A wedged reader: the open returns within about the deadline with the configured default,
+/// never hangs.
+fn stalled(point: StallPoint, on_timeout: TimeoutDefault) {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = files(dir.path());
+    let denier = OpenDenier::start(settings(200, on_timeout)).unwrap();
+    denier.deny(&secret).unwrap();
+    // Sanity: with a live reader the file is denied.
+    assert!(child_cat(&secret).is_err());
+
+    denier.stall(point, Duration::from_secs(20));
+    let t0 = Instant::now();
+    let got = child_cat(&secret);
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "{point:?}/{on_timeout:?}: open took {took:?} (reader stalled for 20 s)"
+    );
+    assert!(
+        took >= Duration::from_millis(150),
+        "{point:?}/{on_timeout:?}: answered after {took:?}, before the deadline: by the stalled reader?"
+    );
+    match on_timeout {
+        TimeoutDefault::Allow => assert_eq!(got.unwrap(), "secret\n"),
+        TimeoutDefault::Deny => {
+            let err = got.unwrap_err();
+            assert!(err.contains("Operation not permitted"), "{err:?}");
+        }
+    }
+    assert!(
+        denier
+            .stats()
+            .defaulted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Dropping a stalled denier returns promptly too.
+    let t0 = Instant::now();
+    drop(denier);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    eprintln!("{point:?}/{on_timeout:?}: open answered by the timeout default after {took:?}");
+}
+
+#[test]
+fn stalled_reader_before_read_defaults_to_allow() {
+    require_root!("stalled_reader_before_read_defaults_to_allow");
+    stalled(StallPoint::BeforeRead, TimeoutDefault::Allow);
+}
+
+#[test]
+fn stalled_reader_before_answer_defaults_to_allow() {
+    require_root!("stalled_reader_before_answer_defaults_to_allow");
+    stalled(StallPoint::BeforeAnswer, TimeoutDefault::Allow);
+}
+
+#[test]
+fn stalled_reader_with_deny_default_denies() {
+    require_root!("stalled_reader_with_deny_default_denies");
+    stalled(StallPoint::BeforeRead, TimeoutDefault::Deny);
+    stalled(StallPoint::BeforeAnswer, TimeoutDefault::Deny);
+}
+
+/// Through the broker, as a responder's request arrives: granted + enforce denies the file and
+/// holds an active action; releasing it through the broker lets the file open again.
+#[test]
+fn broker_enforces_and_releases_deny_open() {
+    require_root!("broker_enforces_and_releases_deny_open");
+    use palisade::actions::{Broker, BrokerSettings, LogNotifySink, RequestContext};
+    use palisade::capability::CapabilitySet;
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, other) = files(dir.path());
+    let audit = dir.path().join("audit.jsonl");
+    let config = palisade::config::Config::from_toml_str(
+        &format!(
+            "version = 1\n[actions]\nmode = \"enforce\"\naudit_log = {:?}\n",
+            audit.display().to_string()
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let denier = OpenDenier::start(DenySettings::from_config(&config.actions.deny)).unwrap();
+    let broker = Broker::new(
+        BrokerSettings::from_config(&config.actions),
+        Box::new(LogNotifySink),
+    )
+    .unwrap()
+    .with_actuator(
+        Capability::DenyOpen,
+        Box::new(DenyOpenActuator::new(Arc::new(denier))),
+    );
+    let granted: CapabilitySet = [Capability::DenyOpen].into_iter().collect();
+    let ctx = RequestContext {
+        responder: "guard",
+        granted,
+        alert_id: "a-7",
+    };
+    let receipt = broker
+        .request(
+            &ctx,
+            ActionRequest::DenyOpen {
+                path: secret.display().to_string(),
+            },
+        )
+        .unwrap();
+    assert_eq!(receipt.mode, Mode::Enforce);
+    assert!(child_cat(&secret).is_err());
+    assert_eq!(child_cat(&other).unwrap(), "other\n");
+    assert_eq!(broker.active().len(), 1);
+
+    broker
+        .request(
+            &RequestContext {
+                alert_id: "",
+                ..ctx
+            },
+            ActionRequest::Release {
+                action_id: receipt.id.clone(),
+            },
+        )
+        .unwrap();
+    assert_eq!(child_cat(&secret).unwrap(), "secret\n");
+    assert!(broker.active().is_empty());
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        log.contains("deny-open") && log.contains("release"),
+        "{log}"
+    );
+}
