@@ -300,6 +300,7 @@ pub fn cmd_pack(log_level: Option<&str>, command: &PackCommand) -> Result<ExitCo
             target,
         } => {
             let dir = plugins_dir(target)?;
+            warn_permissions(&dir);
             let pack = open(file, trust.as_deref(), *allow_unsigned)?;
             // What the pack asks for, shown before anything is written.
             let mut out = format!(
