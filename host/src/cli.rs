@@ -18,7 +18,11 @@ use crate::plugin::registry::LoadRequest;
 use crate::plugin::PluginKind;
 
 #[derive(Debug, Parser)]
-#[command(name = "palisade", version, about = "Runtime security: kernel events to sandboxed WebAssembly detectors and responders")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Runtime security: kernel events to sandboxed WebAssembly detectors and responders"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum)]
@@ -57,9 +61,30 @@ pub enum Command {
     /// Plugin tooling.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Active actions (freezes, quarantines, blocks) persisted in actions.state_dir.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
     /// Signed plugin packs: build, verify, install, list, remove.
     #[command(subcommand)]
     Pack(crate::pack::commands::PackCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// List active actions: id, responder, action, target, mode, since, alert id.
+    List {
+        /// Daemon configuration file (palisade.toml); embedded defaults otherwise.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Undo one active action (thaw, restore, unblock) and audit it; works without the daemon.
+    Release {
+        /// The action id, as `actions list` shows it.
+        id: String,
+        /// Daemon configuration file (palisade.toml); embedded defaults otherwise.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Flags shared by `run` and `replay`.
@@ -158,7 +183,9 @@ fn overrides(common: &CommonArgs, cli: &Cli) -> Overrides {
             if o == "-" {
                 config::OutputKind::Stdout
             } else {
-                config::OutputKind::File { path: PathBuf::from(o) }
+                config::OutputKind::File {
+                    path: PathBuf::from(o),
+                }
             }
         }),
         format: common.format.map(|f| match f {
@@ -194,12 +221,31 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => cmd_run(&cli, args),
         Command::Replay(args) => cmd_replay(&cli, args),
         Command::Plugin(PluginCommand::Check { file }) => cmd_plugin_check(&cli, file),
-        Command::Plugin(PluginCommand::New(args)) => crate::pack::commands::cmd_plugin_new(args),
-        Command::Plugin(PluginCommand::Build(args)) => crate::pack::commands::cmd_plugin_build(args),
-        Command::Pack(command) => crate::pack::commands::cmd_pack(cli.log_level.as_deref(), command),
-        Command::Plugin(PluginCommand::Test { plugin, events, expect, bless }) => {
-            Ok(crate::plugin::testing::cmd_plugin_test(cli.log_level.as_deref(), plugin, events, expect, *bless)?)
+        Command::Actions(ActionsCommand::List { config }) => {
+            cmd_actions_list(&cli, config.as_deref())
         }
+        Command::Actions(ActionsCommand::Release { id, config }) => {
+            cmd_actions_release(&cli, id, config.as_deref())
+        }
+        Command::Plugin(PluginCommand::New(args)) => crate::pack::commands::cmd_plugin_new(args),
+        Command::Plugin(PluginCommand::Build(args)) => {
+            crate::pack::commands::cmd_plugin_build(args)
+        }
+        Command::Pack(command) => {
+            crate::pack::commands::cmd_pack(cli.log_level.as_deref(), command)
+        }
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            events,
+            expect,
+            bless,
+        }) => Ok(crate::plugin::testing::cmd_plugin_test(
+            cli.log_level.as_deref(),
+            plugin,
+            events,
+            expect,
+            *bless,
+        )?),
     }
 }
 
@@ -241,12 +287,21 @@ fn cmd_run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     // Whoever can write the plugin directory chooses what runs as root: refuse it.
     crate::pack::permissions::check_plugin_dir(&config.plugins.dir)?;
     let daemon = Daemon::build(config, replay)?;
+    daemon
+        .restore_actions()
+        .context("cannot restore persisted actions")?;
     let _metrics = serve_metrics(&daemon)?;
     let dir = daemon.config.plugins.dir.clone();
     let _reload = if daemon.config.plugins.watch {
-        Some(daemon.watch_dir(dir.clone()).with_context(|| format!("cannot watch plugin directory {}", dir.display()))?)
+        Some(
+            daemon
+                .watch_dir(dir.clone())
+                .with_context(|| format!("cannot watch plugin directory {}", dir.display()))?,
+        )
     } else {
-        daemon.load_dir(&dir).with_context(|| format!("cannot load plugin directory {}", dir.display()))?;
+        daemon
+            .load_dir(&dir)
+            .with_context(|| format!("cannot load plugin directory {}", dir.display()))?;
         None
     };
     let set = daemon.registry.snapshot();
@@ -261,8 +316,17 @@ fn cmd_run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let pipeline = daemon.start_pipeline(source.name(), outputs)?;
     let summary = crate::daemon::run_source(source.as_mut(), &pipeline, &stop)?;
     let alerts = pipeline.finish();
-    tracing::info!(events = summary.events, bad_records = summary.bad_records, alerts, "source finished");
-    Ok(if summary.bad_records > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    tracing::info!(
+        events = summary.events,
+        bad_records = summary.bad_records,
+        alerts,
+        "source finished"
+    );
+    Ok(if summary.bad_records > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(feature = "ebpf")]
@@ -285,7 +349,9 @@ fn parse_source(text: &str) -> Result<SourceKind> {
     }
     if let Some(path) = text.strip_prefix("replay:") {
         if path.is_empty() {
-            bail!("--source replay: needs a file (or - for stdin), e.g. --source replay:events.jsonl");
+            bail!(
+                "--source replay: needs a file (or - for stdin), e.g. --source replay:events.jsonl"
+            );
         }
         return Ok(SourceKind::Replay {
             path: PathBuf::from(path),
@@ -310,7 +376,10 @@ fn cmd_replay(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode> {
         .load_dir(&dir)
         .with_context(|| format!("cannot load plugin directory {}", dir.display()))?;
     if loaded == 0 {
-        bail!("no plugin could be loaded from {} ({failed} failed); nothing would be detected", dir.display());
+        bail!(
+            "no plugin could be loaded from {} ({failed} failed); nothing would be detected",
+            dir.display()
+        );
     }
     let outputs = daemon.open_outputs()?;
     let pipeline = daemon.start_pipeline("replay", outputs)?;
@@ -319,9 +388,18 @@ fn cmd_replay(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode> {
     let stop = StopFlag::default();
     let summary = crate::daemon::run_source(&mut source, &pipeline, &stop)?;
     let alerts = pipeline.finish();
-    tracing::info!(events = summary.events, bad_lines = summary.bad_records, alerts, "replay finished");
+    tracing::info!(
+        events = summary.events,
+        bad_lines = summary.bad_records,
+        alerts,
+        "replay finished"
+    );
     if summary.bad_records > 0 {
-        let lines: Vec<String> = stats.bad_lines().iter().map(|b| format!("{}:{}", b.file, b.line)).collect();
+        let lines: Vec<String> = stats
+            .bad_lines()
+            .iter()
+            .map(|b| format!("{}:{}", b.file, b.line))
+            .collect();
         tracing::error!(count = summary.bad_records, lines = %lines.join(", "), "replay input had bad lines (reported above and skipped)");
         return Ok(ExitCode::from(3));
     }
@@ -355,14 +433,24 @@ fn cmd_plugin_check(cli: &Cli, file: &Path) -> Result<ExitCode> {
     let info = &plugin.info;
     let mut out = String::new();
     out.push_str(&format!("{}: ok\n", file.display()));
-    out.push_str(&format!("name:         {}\nversion:      {}\nkind:         {}\n", info.name, info.version, info.kind.as_str()));
+    out.push_str(&format!(
+        "name:         {}\nversion:      {}\nkind:         {}\n",
+        info.name,
+        info.version,
+        info.kind.as_str()
+    ));
     out.push_str(&format!("description:  {}\n", info.description));
     match info.kind {
         PluginKind::Detector => {
             for (i, sub) in info.subscriptions.iter().enumerate() {
                 let kinds: Vec<&str> = sub.kinds.iter().map(|k| k.as_str()).collect();
                 out.push_str(&format!("subscription {i}: kinds={}", kinds.join(",")));
-                for (label, list) in [("paths", &sub.paths), ("prefixes", &sub.path_prefixes), ("comms", &sub.comms), ("exes", &sub.exes)] {
+                for (label, list) in [
+                    ("paths", &sub.paths),
+                    ("prefixes", &sub.path_prefixes),
+                    ("comms", &sub.comms),
+                    ("exes", &sub.exes),
+                ] {
                     if !list.is_empty() {
                         out.push_str(&format!(" {label}={}", list.join(",")));
                     }
@@ -379,20 +467,136 @@ fn cmd_plugin_check(cli: &Cli, file: &Path) -> Result<ExitCode> {
                 out.push_str(&format!(
                     "alert filter: min_priority={} rules={} tags={}\n",
                     f.min_priority.as_str(),
-                    if f.rules.is_empty() { "*".into() } else { f.rules.join(",") },
+                    if f.rules.is_empty() {
+                        "*".into()
+                    } else {
+                        f.rules.join(",")
+                    },
                     f.tags.join(",")
                 ));
             }
         }
     }
     let caps: Vec<&str> = info.capabilities.iter().map(|c| c.as_str()).collect();
-    out.push_str(&format!("capabilities: {}\n", if caps.is_empty() { "none".into() } else { caps.join(", ") }));
-    out.push_str(&format!("limits:       memory {} MiB, deadline {} ms per batch\n", plugin.limits.memory_bytes >> 20, plugin.limits.deadline.as_millis()));
-    let config: Vec<String> = plugin.config.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    out.push_str(&format!(
+        "capabilities: {}\n",
+        if caps.is_empty() {
+            "none".into()
+        } else {
+            caps.join(", ")
+        }
+    ));
+    out.push_str(&format!(
+        "limits:       memory {} MiB, deadline {} ms per batch\n",
+        plugin.limits.memory_bytes >> 20,
+        plugin.limits.deadline.as_millis()
+    ));
+    let config: Vec<String> = plugin
+        .config
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
     if !config.is_empty() {
         out.push_str(&format!("config:       {}\n", config.join(", ")));
     }
     use std::io::Write;
     std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn actions_config(cli: &Cli, file: Option<&Path>) -> Result<Config> {
+    let ov = Overrides {
+        log_level: cli.log_level.clone().or_else(|| Some("warn".into())),
+        ..Overrides::default()
+    };
+    let config = Config::load(file, &ov)?;
+    init_telemetry(&config)?;
+    Ok(config)
+}
+
+/// The table `palisade actions list` prints.
+pub fn format_actions(actions: &[crate::actions::StoredAction]) -> String {
+    let header = [
+        "ID",
+        "RESPONDER",
+        "ACTION",
+        "TARGET",
+        "MODE",
+        "SINCE",
+        "ALERT",
+    ];
+    let rows: Vec<[String; 7]> = actions
+        .iter()
+        .map(|a| {
+            [
+                a.id.clone(),
+                a.responder.clone(),
+                a.action.clone(),
+                a.target.to_string(),
+                a.mode.clone(),
+                format!("{} ({})", a.since, crate::actions::store::age(a.since_ns)),
+                a.alert_id.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn cmd_actions_list(cli: &Cli, file: Option<&Path>) -> Result<ExitCode> {
+    let config = actions_config(cli, file)?;
+    let store = crate::actions::ActionStore::at(&config.actions.state_dir);
+    let actions = store.load()?;
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if actions.is_empty() {
+        writeln!(
+            stdout,
+            "no active actions (state file {})",
+            store.path().display()
+        )?;
+    } else {
+        stdout.write_all(format_actions(&actions).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_actions_release(cli: &Cli, id: &str, file: Option<&Path>) -> Result<ExitCode> {
+    let config = actions_config(cli, file)?;
+    let broker = crate::actions::Broker::new(
+        crate::actions::BrokerSettings::from_config(&config.actions),
+        Box::new(crate::actions::LogNotifySink),
+    )?;
+    let broker = crate::actions::with_host_actuators(broker, &config.actions);
+    let store = crate::actions::ActionStore::open(&config.actions.state_dir)?;
+    let path = store.path();
+    let stored = store.get(id)?;
+    broker.attach_store(store)?;
+    // Through the broker even when the id is unknown: every request, failed or not, is audited.
+    broker
+        .release_as_operator(id)
+        .with_context(|| format!("cannot release {id} (state file {})", path.display()))?;
+    let what = stored
+        .map(|s| format!("{} {}", s.action, s.target))
+        .unwrap_or_default();
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "released {id}: {what}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -80,6 +80,10 @@ mode = "monitor"
 audit_log = "/var/log/palisade/audit.jsonl"
 # Action requests allowed per responder per minute; more are answered rate-limited.
 rate_limit_per_minute = 60
+# Active actions (freezes, quarantines, blocks) persisted here so they survive a restart.
+state_dir = "/var/lib/palisade"
+# Root-only (0700) directory that quarantined files are moved into, with a metadata record each.
+quarantine_dir = "/var/lib/palisade/quarantine"
 
 [actions.deny]
 # deny-open answers fanotify permission events; an open of a denied file waits at most this long
@@ -220,6 +224,10 @@ pub struct ActionsConfig {
     pub rate_limit_per_minute: u32,
     /// Per-responder settings, by plugin name; unset fields fall back to the global ones.
     pub responders: BTreeMap<String, ResponderActionsConfig>,
+    /// Where active actions are persisted (`actions.json`) so a restart re-applies them.
+    pub state_dir: PathBuf,
+    /// Root-only directory quarantined files are moved into.
+    pub quarantine_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -654,6 +662,8 @@ struct RawActions {
     audit_log: Option<String>,
     rate_limit_per_minute: Option<i64>,
     responders: Option<BTreeMap<String, RawResponderActions>>,
+    state_dir: Option<String>,
+    quarantine_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1484,6 +1494,8 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
             1..=1_000_000,
         )?,
         responders,
+        state_dir: non_empty_path(loc, "actions.state_dir", a.state_dir)?,
+        quarantine_dir: non_empty_path(loc, "actions.quarantine_dir", a.quarantine_dir)?,
     };
 
     let mut grants = BTreeMap::new();

@@ -31,6 +31,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Actions(#[from] crate::actions::ActionsError),
     #[error(transparent)]
+    ActionStore(#[from] crate::actions::StoreError),
+    #[error(transparent)]
     Webhook(#[from] crate::actions::webhook::WebhookError),
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
@@ -65,7 +67,13 @@ struct BusNotifier {
 }
 
 impl NotifySink for BusNotifier {
-    fn notify(&self, responder: &str, channel: &str, message: &str, alert_id: &str) -> Result<(), String> {
+    fn notify(
+        &self,
+        responder: &str,
+        channel: &str,
+        message: &str,
+        alert_id: &str,
+    ) -> Result<(), String> {
         tracing::warn!(responder, channel, alert_id, "notification: {message}");
         let alert = Alert {
             id: next_alert_id(),
@@ -171,7 +179,12 @@ impl Pipeline {
     ) -> Result<Self, DaemonError> {
         let (alert_tx, alert_rx) = bounded::<Alert>(opts.alert_queue_capacity.max(1));
         let (internal_tx, internal_rx) = internal;
-        let bus = AlertBus::new(Arc::clone(&registry), opts.outputs, opts.hostname.clone(), internal_tx);
+        let bus = AlertBus::new(
+            Arc::clone(&registry),
+            opts.outputs,
+            opts.hostname.clone(),
+            internal_tx,
+        );
         let bus = std::thread::Builder::new()
             .name("palisade-alerts".into())
             .spawn(move || bus.run(alert_rx, internal_rx))
@@ -239,7 +252,10 @@ impl Pipeline {
                 tracing::error!("a dispatch worker panicked");
             }
         }
-        self.bus.take().map(|bus| bus.join().unwrap_or(0)).unwrap_or(0)
+        self.bus
+            .take()
+            .map(|bus| bus.join().unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
@@ -261,6 +277,8 @@ pub struct Daemon {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
+    /// The actions broker the registry's responders use.
+    pub broker: Arc<Broker>,
     pub clock: Arc<PipelineClock>,
     pub hostname: String,
     internal: (Sender<Alert>, crossbeam_channel::Receiver<Alert>),
@@ -313,7 +331,9 @@ impl Daemon {
             hostname: hostname.clone(),
             webhook: start_webhook(&config.notify)?,
         };
-        let broker = Arc::new(with_deny_open(Broker::new(broker_settings, Box::new(notifier))?, &config).with_metrics(Arc::clone(&metrics)));
+        let broker = with_deny_open(Broker::new(broker_settings, Box::new(notifier))?, &config)
+            .with_metrics(Arc::clone(&metrics));
+        let broker = Arc::new(crate::actions::with_host_actuators(broker, &config.actions));
         let grants_config = config.clone();
         let engine_cfg = &config.engine;
         let registry = Arc::new(Registry::new(
@@ -324,11 +344,13 @@ impl Daemon {
                     deadline: Duration::from_millis(engine_cfg.default_deadline_ms),
                     init_deadline: Duration::from_millis(engine_cfg.init_deadline_ms),
                     max_consecutive_failures: engine_cfg.max_consecutive_failures,
-                    backoff_initial: Duration::from_millis(engine_cfg.quarantine_backoff_initial_ms),
+                    backoff_initial: Duration::from_millis(
+                        engine_cfg.quarantine_backoff_initial_ms,
+                    ),
                     backoff_max: Duration::from_millis(engine_cfg.quarantine_backoff_max_ms),
                 },
                 grants: Box::new(move |name| grants_config.granted(name)),
-                broker,
+                broker: Arc::clone(&broker),
                 metrics: Arc::clone(&metrics),
                 clock: Arc::clone(&clock),
                 state_limits: StateLimits::default(),
@@ -338,10 +360,31 @@ impl Daemon {
             config,
             metrics,
             registry,
+            broker,
             clock,
             hostname,
             internal,
         })
+    }
+
+    /// Attaches the state file in `actions.state_dir` to the broker and re-applies the held
+    /// actions it lists (freezes, blocks; quarantined files are checked). Only `palisade run`
+    /// does this: replays, checks and tests must not touch the host's persisted actions.
+    pub fn restore_actions(&self) -> Result<crate::actions::ReapplySummary, DaemonError> {
+        let store = crate::actions::ActionStore::open(&self.config.actions.state_dir)?;
+        let loaded = self.broker.attach_store(store)?;
+        let summary = self.broker.reapply_held();
+        if loaded > 0 {
+            tracing::info!(
+                loaded,
+                reapplied = summary.reapplied,
+                dropped = summary.dropped,
+                failed = summary.failed,
+                state_dir = %self.config.actions.state_dir.display(),
+                "persisted actions restored"
+            );
+        }
+        Ok(summary)
     }
 
     /// Opens the configured outputs.
@@ -362,7 +405,11 @@ impl Daemon {
     }
 
     /// Starts the pipeline with `outputs` (tests pass in-memory outputs).
-    pub fn start_pipeline(&self, source_name: &str, outputs: Vec<Box<dyn AlertOutput>>) -> Result<Pipeline, DaemonError> {
+    pub fn start_pipeline(
+        &self,
+        source_name: &str,
+        outputs: Vec<Box<dyn AlertOutput>>,
+    ) -> Result<Pipeline, DaemonError> {
         let engine = &self.config.engine;
         Pipeline::start(
             Arc::clone(&self.registry),
@@ -503,7 +550,11 @@ pub fn apply_change(registry: &Registry, change: PluginChange) -> bool {
 }
 
 /// Runs `source` into `pipeline` until it ends or `stop` is set.
-pub fn run_source(source: &mut dyn EventSource, pipeline: &Pipeline, stop: &StopFlag) -> Result<SourceSummary, DaemonError> {
+pub fn run_source(
+    source: &mut dyn EventSource,
+    pipeline: &Pipeline,
+    stop: &StopFlag,
+) -> Result<SourceSummary, DaemonError> {
     let sink = pipeline.sink();
     Ok(source.run(sink.as_ref(), stop)?)
 }

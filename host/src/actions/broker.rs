@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use super::audit::{now_ns, rfc3339, AuditLog, AuditRecord, AuditResult};
+use super::store::{ActionStore, StoreError};
 use super::{
     ActionError, ActionRequest, ActionsError, ActiveAction, Actuator, ExecContext, Mode,
     NotifyActuator, NotifySink, Outcome, Receipt, RequestContext, Unimplemented,
@@ -22,6 +23,21 @@ use crate::metrics::Metrics;
 /// Most actions held at once (enforced ones plus monitor-mode records). A responder that
 /// never releases cannot grow the table past this; enforce requests beyond it fail.
 pub const MAX_ACTIVE: usize = 65_536;
+
+/// The responder name audit records carry for actions the operator takes through the CLI
+/// (`palisade actions release`). Not a valid plugin name, so no plugin can impersonate it.
+pub const OPERATOR: &str = "(operator)";
+
+/// What [`Broker::reapply_held`] did at start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapplySummary {
+    /// Enforced actions put back in place.
+    pub reapplied: usize,
+    /// Actions dropped because their target is gone (or nothing is held any more).
+    pub dropped: usize,
+    /// Actions that could not be re-applied; still listed, so they can be released.
+    pub failed: usize,
+}
 
 /// Per-responder overrides of the broker settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,6 +122,8 @@ pub struct Broker {
     metrics: Option<Arc<Metrics>>,
     buckets: Mutex<HashMap<String, TokenBucket>>,
     active: Mutex<BTreeMap<String, ActiveAction>>,
+    /// Where held actions are persisted, once [`Broker::attach_store`] was called.
+    store: OnceLock<ActionStore>,
     /// Start time in hex: makes action ids unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
@@ -152,6 +170,7 @@ impl Broker {
             metrics: None,
             buckets: Mutex::new(HashMap::new()),
             active: Mutex::new(BTreeMap::new()),
+            store: OnceLock::new(),
             id_prefix: format!("{:x}", now_ns()),
             next_id: AtomicU64::new(1),
         })
@@ -288,19 +307,37 @@ impl Broker {
             );
             return;
         }
-        active.insert(
-            id.to_owned(),
-            ActiveAction {
-                id: id.to_owned(),
-                responder: ctx.responder.to_owned(),
-                capability,
-                request: req.clone(),
-                alert_id: ctx.alert_id.to_owned(),
-                mode,
-                since: SystemTime::now(),
-                handle,
-            },
-        );
+        let action = ActiveAction {
+            id: id.to_owned(),
+            responder: ctx.responder.to_owned(),
+            capability,
+            request: req.clone(),
+            alert_id: ctx.alert_id.to_owned(),
+            mode,
+            since: SystemTime::now(),
+            handle,
+        };
+        active.insert(id.to_owned(), action.clone());
+        drop(active);
+        self.persist(&action);
+    }
+
+    /// Records `action` in the state file, if one is attached. A failure is logged: the
+    /// action is in effect either way, and stays listed in memory.
+    fn persist(&self, action: &ActiveAction) {
+        if let Some(store) = self.store.get() {
+            if let Err(error) = store.insert(action) {
+                tracing::error!(%error, action_id = %action.id, "active action not persisted; it will not survive a restart");
+            }
+        }
+    }
+
+    fn unpersist(&self, id: &str) {
+        if let Some(store) = self.store.get() {
+            if let Err(error) = store.remove(id) {
+                tracing::error!(%error, action_id = id, "released action still in the state file");
+            }
+        }
     }
 
     /// Undoes an earlier action of the same responder. Not rate limited: undoing is never the
@@ -347,9 +384,31 @@ impl Broker {
                 None,
             );
         };
+        self.undo(action)
+    }
+
+    /// Undoes `action`, already taken out of the active table; puts it back if the actuator
+    /// fails, so it can be retried and stays visible. With a state file attached, an action
+    /// that is no longer in it was released by someone else (the operator's CLI) and is not
+    /// undone twice.
+    fn undo(&self, action: ActiveAction) -> (Result<Receipt, ActionError>, Mode, Option<String>) {
         let mode = action.mode;
         let alert = Some(action.alert_id.clone());
+        if let Some(store) = self.store.get() {
+            if let Ok(None) = store.get(&action.id) {
+                tracing::info!(action_id = %action.id, "action was already released outside this daemon");
+                return (
+                    Ok(Receipt {
+                        id: action.id,
+                        mode,
+                    }),
+                    mode,
+                    alert,
+                );
+            }
+        }
         if mode == Mode::Monitor {
+            self.unpersist(&action.id);
             return (
                 Ok(Receipt {
                     id: action.id,
@@ -367,20 +426,144 @@ impl Broker {
             ))),
         };
         match result {
-            Ok(()) => (
-                Ok(Receipt {
-                    id: action.id,
+            Ok(()) => {
+                self.unpersist(&action.id);
+                (
+                    Ok(Receipt {
+                        id: action.id,
+                        mode,
+                    }),
                     mode,
-                }),
-                mode,
-                alert,
-            ),
+                    alert,
+                )
+            }
             Err(e) => {
-                // Still held: put it back so it can be retried and stays visible.
                 lock(&self.active).insert(action.id.clone(), action);
                 (Err(e), mode, alert)
             }
         }
+    }
+
+    /// Attaches the state file: actions already in it join the active table (not re-applied:
+    /// see [`Broker::reapply_held`]), and from now on every held action is written to it and
+    /// every release removes it. Returns how many actions were loaded; entries this version
+    /// cannot read stay in the file untouched. Call once, before requests flow.
+    pub fn attach_store(&self, store: ActionStore) -> Result<usize, StoreError> {
+        let stored = store.load()?;
+        let mut loaded = 0;
+        {
+            let mut active = lock(&self.active);
+            for entry in &stored {
+                match entry.to_active() {
+                    Some(action) => {
+                        active.insert(action.id.clone(), action);
+                        loaded += 1;
+                    }
+                    None => {
+                        tracing::warn!(action_id = %entry.id, action = %entry.action, "persisted action not understood; left in the state file")
+                    }
+                }
+            }
+        }
+        if self.store.set(store).is_err() {
+            tracing::warn!("a state file was already attached; keeping the first");
+        }
+        Ok(loaded)
+    }
+
+    /// Puts every enforced action of the active table back in place through its actuator's
+    /// `reapply` (the daemon calls this at start, after [`Broker::attach_store`]). Each one is
+    /// audited like the original request. Monitor-mode records hold nothing and are kept.
+    pub fn reapply_held(&self) -> ReapplySummary {
+        let mut summary = ReapplySummary::default();
+        for action in self.active() {
+            if action.mode != Mode::Enforce {
+                continue;
+            }
+            let exec = ExecContext {
+                responder: &action.responder,
+                alert_id: &action.alert_id,
+                action_id: &action.id,
+            };
+            let outcome = match self.actuators.get(&action.capability) {
+                Some(actuator) => actuator.reapply(&exec, &action),
+                None => Err(ActionError::Unsupported(format!(
+                    "no {} actuator registered",
+                    action.capability
+                ))),
+            };
+            let result = match outcome {
+                Ok(Outcome::Held { handle }) => {
+                    summary.reapplied += 1;
+                    if handle != action.handle {
+                        let updated = ActiveAction {
+                            handle,
+                            ..action.clone()
+                        };
+                        lock(&self.active).insert(updated.id.clone(), updated.clone());
+                        self.persist(&updated);
+                    }
+                    Ok(Receipt {
+                        id: action.id.clone(),
+                        mode: Mode::Enforce,
+                    })
+                }
+                Ok(Outcome::Done) => {
+                    summary.dropped += 1;
+                    lock(&self.active).remove(&action.id);
+                    self.unpersist(&action.id);
+                    Ok(Receipt {
+                        id: action.id.clone(),
+                        mode: Mode::Enforce,
+                    })
+                }
+                Err(e @ ActionError::InvalidTarget(_)) => {
+                    summary.dropped += 1;
+                    tracing::warn!(action_id = %action.id, error = %e, "persisted action dropped: its target is gone");
+                    lock(&self.active).remove(&action.id);
+                    self.unpersist(&action.id);
+                    Err(e)
+                }
+                Err(e) => {
+                    summary.failed += 1;
+                    tracing::error!(action_id = %action.id, error = %e, "persisted action not re-applied; still listed for release");
+                    Err(e)
+                }
+            };
+            self.finish(
+                &action.responder,
+                &action.alert_id,
+                &action.request,
+                Mode::Enforce,
+                &result,
+            );
+        }
+        summary
+    }
+
+    /// Undoes action `action_id` whoever it belongs to: the operator's `palisade actions
+    /// release`. Audited as a `release` by [`OPERATOR`] under the action's alert id.
+    pub fn release_as_operator(&self, action_id: &str) -> Result<Receipt, ActionError> {
+        let taken = lock(&self.active).remove(action_id);
+        let release = ActionRequest::Release {
+            action_id: action_id.to_owned(),
+        };
+        let Some(action) = taken else {
+            let err = Err(ActionError::InvalidTarget(format!(
+                "no active action {action_id}"
+            )));
+            self.finish(OPERATOR, "", &release, self.settings.mode, &err);
+            return err;
+        };
+        let (result, mode, alert) = self.undo(action);
+        self.finish(
+            OPERATOR,
+            alert.as_deref().unwrap_or(""),
+            &release,
+            mode,
+            &result,
+        );
+        result
     }
 
     fn take_token(&self, responder: &str) -> bool {

@@ -6,8 +6,9 @@
 //!
 //! Actuators are looked up by capability, so the kernel-backed ones (kill, exec block, open
 //! deny, network quarantine, freeze, file quarantine) plug in with [`Broker::with_actuator`]
-//! without touching the broker. Until they land, those capabilities answer
-//! [`ActionError::Unsupported`]; only `notify` is real, through a [`NotifySink`].
+//! without touching the broker. Kill, freeze and file quarantine are registered by
+//! [`with_host_actuators`]; `notify` goes through a [`NotifySink`]; a capability without an
+//! actuator answers [`ActionError::Unsupported`]. Held actions are persisted by [`store`].
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -21,10 +22,30 @@ pub use crate::config::Mode;
 pub mod audit;
 pub mod broker;
 pub mod fanotify;
+pub mod freeze;
+pub mod kill;
+pub mod quarantine;
+pub mod store;
 pub mod webhook;
 
 pub use audit::{AuditLog, AuditRecord, AuditResult};
-pub use broker::{Broker, BrokerSettings, ResponderSettings};
+pub use broker::{Broker, BrokerSettings, ReapplySummary, ResponderSettings, OPERATOR};
+pub use freeze::FreezeActuator;
+pub use kill::KillActuator;
+pub use quarantine::QuarantineActuator;
+pub use store::{ActionStore, StoreError, StoredAction};
+
+/// Registers this host's real actuators on `broker`: kill-process, freeze and quarantine-file
+/// (into `actions.quarantine_dir`). Used by the daemon and by `palisade actions release`.
+pub fn with_host_actuators(broker: Broker, actions: &crate::config::ActionsConfig) -> Broker {
+    broker
+        .with_actuator(Capability::KillProcess, Box::new(KillActuator::new()))
+        .with_actuator(Capability::Freeze, Box::new(FreezeActuator::new()))
+        .with_actuator(
+            Capability::QuarantineFile,
+            Box::new(QuarantineActuator::new(actions.quarantine_dir.clone())),
+        )
+}
 
 /// What to block from executing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +267,19 @@ pub trait Actuator: Send + Sync {
 
     /// Undoes an action this actuator answered `Outcome::Held` for.
     fn release(&self, action: &ActiveAction) -> Result<(), ActionError>;
+
+    /// Puts a persisted action back in place when the daemon starts (its state died with the
+    /// previous daemon, e.g. a kernel map entry). The default carries the original request out
+    /// again; actuators whose state outlives the daemon (a quarantined file on disk) override
+    /// it to check that state instead. An `InvalidTarget` answer (the workload is gone) drops
+    /// the action; other errors keep it listed so it can be released.
+    fn reapply(
+        &self,
+        ctx: &ExecContext<'_>,
+        action: &ActiveAction,
+    ) -> Result<Outcome, ActionError> {
+        self.execute(ctx, &action.request)
+    }
 }
 
 /// Where `notify` goes. The daemon's sink writes a host log line and emits the notification as

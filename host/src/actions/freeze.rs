@@ -1,0 +1,539 @@
+//! The `freeze` actuator: stops every process of a workload with the cgroup freezer, and thaws
+//! it on release. A workload (cgroup id, container id or cgroup path) is resolved to a cgroup
+//! v2 directory, whose `cgroup.freeze` is set, or failing that to a cgroup v1 freezer directory,
+//! whose `freezer.state` is set; the request then waits (bounded) until the kernel reports the
+//! whole cgroup frozen. The hierarchies are found from /proc/mounts, never assumed. It refuses
+//! the root cgroup and any cgroup that contains the daemon itself (freezing it would freeze
+//! the daemon, and with it every later thaw).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome, Workload};
+
+/// Most cgroup directories visited when searching for an id or a container.
+const MAX_WALK: usize = 200_000;
+/// Shortest container id accepted (as in the WIT: a unique prefix of at least 12 characters).
+const MIN_CONTAINER_ID: usize = 12;
+
+/// Which freezer a cgroup directory uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freezer {
+    /// cgroup v2: `cgroup.freeze` / `cgroup.events`.
+    V2,
+    /// cgroup v1 freezer controller: `freezer.state`.
+    V1,
+}
+
+/// A resolved workload: the cgroup directory to freeze.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreezeTarget {
+    pub freezer: Freezer,
+    pub dir: PathBuf,
+}
+
+impl FreezeTarget {
+    /// The undo handle kept in the broker and the state file: `v2:<dir>` or `v1:<dir>`.
+    pub fn handle(&self) -> String {
+        let tag = match self.freezer {
+            Freezer::V2 => "v2",
+            Freezer::V1 => "v1",
+        };
+        format!("{tag}:{}", self.dir.display())
+    }
+
+    /// Parses [`FreezeTarget::handle`].
+    pub fn from_handle(handle: &str) -> Option<FreezeTarget> {
+        let (tag, dir) = handle.split_once(':')?;
+        let freezer = match tag {
+            "v2" => Freezer::V2,
+            "v1" => Freezer::V1,
+            _ => return None,
+        };
+        Some(FreezeTarget {
+            freezer,
+            dir: PathBuf::from(dir),
+        })
+    }
+}
+
+/// Where the cgroup hierarchies are mounted, and where the daemon itself sits in them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// The cgroup2 mount point.
+    pub v2_root: Option<PathBuf>,
+    /// The cgroup v1 hierarchy that carries the freezer controller.
+    pub v1_freezer_root: Option<PathBuf>,
+    /// The daemon's own cgroup directories (v2, v1 freezer), refused together with their
+    /// ancestors.
+    pub own: Vec<PathBuf>,
+}
+
+impl CgroupLayout {
+    /// Reads /proc/mounts and /proc/self/cgroup.
+    pub fn detect() -> CgroupLayout {
+        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        CgroupLayout::from_texts(&mounts, &own)
+    }
+
+    fn from_texts(mounts: &str, self_cgroup: &str) -> CgroupLayout {
+        let mut layout = CgroupLayout::default();
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(dir), Some(fstype), Some(opts)) =
+                (fields.get(1), fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let dir = PathBuf::from(unescape_mount(dir));
+            match *fstype {
+                "cgroup2" if layout.v2_root.is_none() => layout.v2_root = Some(dir),
+                "cgroup"
+                    if opts.split(',').any(|o| o == "freezer")
+                        && layout.v1_freezer_root.is_none() =>
+                {
+                    layout.v1_freezer_root = Some(dir);
+                }
+                _ => {}
+            }
+        }
+        for line in self_cgroup.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_id), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let root = if controllers.is_empty() {
+                layout.v2_root.as_ref()
+            } else if controllers.split(',').any(|c| c == "freezer") {
+                layout.v1_freezer_root.as_ref()
+            } else {
+                None
+            };
+            if let Some(root) = root {
+                layout.own.push(root.join(path.trim_start_matches('/')));
+            }
+        }
+        layout
+    }
+}
+
+/// /proc/mounts escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mount(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        if let (b'\\', Some(d)) = (bytes[i], octal) {
+            let v =
+                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct FreezeActuator {
+    layout: CgroupLayout,
+    /// How long a freeze (or thaw) may take to be reported complete.
+    settle: Duration,
+}
+
+impl Default for FreezeActuator {
+    fn default() -> Self {
+        FreezeActuator::new()
+    }
+}
+
+impl FreezeActuator {
+    /// Detects the cgroup layout of this host.
+    pub fn new() -> FreezeActuator {
+        FreezeActuator::with_layout(CgroupLayout::detect())
+    }
+
+    pub fn with_layout(layout: CgroupLayout) -> FreezeActuator {
+        FreezeActuator {
+            layout,
+            settle: Duration::from_secs(2),
+        }
+    }
+
+    /// How long to wait for the kernel to report a freeze complete (default 2 s).
+    pub fn with_settle_timeout(mut self, settle: Duration) -> FreezeActuator {
+        self.settle = settle;
+        self
+    }
+
+    pub fn layout(&self) -> &CgroupLayout {
+        &self.layout
+    }
+
+    /// Finds the cgroup directory of `workload`, refusing the root and the daemon's own.
+    pub fn resolve(&self, workload: &Workload) -> Result<FreezeTarget, ActionError> {
+        let target = match workload {
+            Workload::CgroupId(id) => self.by_id(*id)?,
+            Workload::CgroupPath(path) => self.by_path(path)?,
+            Workload::ContainerId(id) => self.by_container(id)?,
+        };
+        self.check_allowed(&target)?;
+        Ok(target)
+    }
+
+    fn v2_root(&self) -> Result<&Path, ActionError> {
+        self.layout
+            .v2_root
+            .as_deref()
+            .ok_or_else(|| ActionError::Unsupported("no cgroup2 hierarchy is mounted".into()))
+    }
+
+    fn by_id(&self, id: u64) -> Result<FreezeTarget, ActionError> {
+        let root = self.v2_root()?;
+        // A cgroup v2 id is the inode number of its directory in cgroupfs.
+        let found = walk_dirs(root, |dir| {
+            fs::metadata(dir).map(|m| m.ino() == id).unwrap_or(false)
+        });
+        match found.into_iter().next() {
+            Some(dir) => Ok(FreezeTarget {
+                freezer: Freezer::V2,
+                dir,
+            }),
+            None => Err(ActionError::InvalidTarget(format!(
+                "no cgroup with id {id} under {}",
+                root.display()
+            ))),
+        }
+    }
+
+    fn by_path(&self, path: &str) -> Result<FreezeTarget, ActionError> {
+        let root = self.v2_root()?;
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(ActionError::InvalidTarget(format!(
+                "cgroup path {path:?} must be relative to the cgroup root without `..`"
+            )));
+        }
+        let dir = root.join(rel);
+        if !dir.join("cgroup.procs").is_file() {
+            return Err(ActionError::InvalidTarget(format!(
+                "no cgroup {path:?} under {}",
+                root.display()
+            )));
+        }
+        Ok(FreezeTarget {
+            freezer: Freezer::V2,
+            dir,
+        })
+    }
+
+    fn by_container(&self, id: &str) -> Result<FreezeTarget, ActionError> {
+        if id.len() < MIN_CONTAINER_ID
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ActionError::InvalidTarget(format!(
+                "container id {id:?}: at least {MIN_CONTAINER_ID} letters, digits, '-' or '_' expected"
+            )));
+        }
+        let candidates = [
+            (Freezer::V2, self.layout.v2_root.as_deref()),
+            (Freezer::V1, self.layout.v1_freezer_root.as_deref()),
+        ];
+        for (freezer, root) in candidates {
+            let Some(root) = root else { continue };
+            let matches = walk_dirs(root, |dir| {
+                dir.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains(id))
+            });
+            // A container's own cgroup is the shallowest match; runtimes nest helpers below it.
+            let Some(shallowest) = matches.iter().map(|d| d.components().count()).min() else {
+                continue;
+            };
+            let top: Vec<&PathBuf> = matches
+                .iter()
+                .filter(|d| d.components().count() == shallowest)
+                .collect();
+            match top.as_slice() {
+                [one] => {
+                    return Ok(FreezeTarget {
+                        freezer,
+                        dir: (*one).clone(),
+                    })
+                }
+                many => {
+                    return Err(ActionError::InvalidTarget(format!(
+                        "container id {id:?} is ambiguous: {} cgroups match under {}",
+                        many.len(),
+                        root.display()
+                    )))
+                }
+            }
+        }
+        Err(ActionError::InvalidTarget(format!(
+            "no cgroup of container {id:?} found"
+        )))
+    }
+
+    fn check_allowed(&self, target: &FreezeTarget) -> Result<(), ActionError> {
+        let root = match target.freezer {
+            Freezer::V2 => self.layout.v2_root.as_deref(),
+            Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
+        };
+        if root == Some(target.dir.as_path()) {
+            return Err(ActionError::InvalidTarget(format!(
+                "{} is the root cgroup; it is never frozen",
+                target.dir.display()
+            )));
+        }
+        if let Some(own) = self
+            .layout
+            .own
+            .iter()
+            .find(|own| own.starts_with(&target.dir))
+        {
+            return Err(ActionError::InvalidTarget(format!(
+                "{} contains the palisade daemon ({}); it is never frozen",
+                target.dir.display(),
+                own.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Freezes `target` and waits until the kernel reports it frozen. A freeze that does not
+    /// settle in time (a task stuck in uninterruptible sleep) stays requested and is reported
+    /// as done with a warning: the kernel completes it when the task wakes, and the action
+    /// must stay releasable.
+    pub fn freeze(&self, target: &FreezeTarget) -> Result<(), ActionError> {
+        let (file, value) = match target.freezer {
+            Freezer::V2 => ("cgroup.freeze", "1"),
+            Freezer::V1 => ("freezer.state", "FROZEN"),
+        };
+        write_control(&target.dir, file, value)?;
+        if !self.wait_for(target, true) {
+            tracing::warn!(cgroup = %target.dir.display(), timeout_ms = self.settle.as_millis() as u64, "freeze requested but not complete yet");
+        }
+        Ok(())
+    }
+
+    /// Thaws `target`. A cgroup that no longer exists has nothing left to thaw.
+    pub fn thaw(&self, target: &FreezeTarget) -> Result<(), ActionError> {
+        if !target.dir.is_dir() {
+            tracing::info!(cgroup = %target.dir.display(), "cgroup is gone; nothing to thaw");
+            return Ok(());
+        }
+        let (file, value) = match target.freezer {
+            Freezer::V2 => ("cgroup.freeze", "0"),
+            Freezer::V1 => ("freezer.state", "THAWED"),
+        };
+        write_control(&target.dir, file, value)?;
+        if !self.wait_for(target, false) {
+            tracing::warn!(cgroup = %target.dir.display(), "thaw requested but not reported complete yet");
+        }
+        Ok(())
+    }
+
+    /// Polls until the cgroup's frozen state is `frozen`; false on timeout.
+    fn wait_for(&self, target: &FreezeTarget, frozen: bool) -> bool {
+        let deadline = Instant::now() + self.settle;
+        loop {
+            if is_frozen(target) == Some(frozen) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Whether the kernel reports `target` frozen (`None` when the state cannot be read).
+pub fn is_frozen(target: &FreezeTarget) -> Option<bool> {
+    match target.freezer {
+        Freezer::V2 => {
+            let events = fs::read_to_string(target.dir.join("cgroup.events")).ok()?;
+            events
+                .lines()
+                .find_map(|l| l.strip_prefix("frozen "))
+                .map(|v| v.trim() == "1")
+        }
+        Freezer::V1 => {
+            let state = fs::read_to_string(target.dir.join("freezer.state")).ok()?;
+            Some(state.trim() == "FROZEN")
+        }
+    }
+}
+
+fn write_control(dir: &Path, file: &str, value: &str) -> Result<(), ActionError> {
+    let path = dir.join(file);
+    fs::write(&path, value).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ActionError::InvalidTarget(format!(
+            "{} does not exist (cgroup gone, or no freezer there)",
+            path.display()
+        )),
+        _ => ActionError::Failed(format!("cannot write {value:?} to {}: {e}", path.display())),
+    })
+}
+
+/// Breadth-first walk of the directories under `root` (itself included), returning those
+/// `pred` accepts, shallowest first; bounded by [`MAX_WALK`]. Symlinks are not followed
+/// (cgroupfs has none).
+fn walk_dirs(root: &Path, pred: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0usize;
+    while let Some(dir) = queue.pop_front() {
+        seen += 1;
+        if seen > MAX_WALK {
+            tracing::warn!(root = %root.display(), limit = MAX_WALK, "cgroup walk stopped at its limit");
+            break;
+        }
+        if pred(&dir) {
+            found.push(dir.clone());
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back(entry.path());
+            }
+        }
+    }
+    found
+}
+
+impl Actuator for FreezeActuator {
+    fn execute(&self, _ctx: &ExecContext<'_>, req: &ActionRequest) -> Result<Outcome, ActionError> {
+        let ActionRequest::Freeze(workload) = req else {
+            return Err(ActionError::Failed(format!(
+                "freeze actuator got a {} request",
+                req.name()
+            )));
+        };
+        let target = self.resolve(workload)?;
+        self.freeze(&target)?;
+        tracing::info!(cgroup = %target.dir.display(), "workload frozen");
+        Ok(Outcome::Held {
+            handle: target.handle(),
+        })
+    }
+
+    fn release(&self, action: &ActiveAction) -> Result<(), ActionError> {
+        let target = FreezeTarget::from_handle(&action.handle).ok_or_else(|| {
+            ActionError::Failed(format!("unreadable freeze handle {:?}", action.handle))
+        })?;
+        // Never thaw something the freeze actuator would not have frozen (a hand-edited state
+        // file naming another directory).
+        let root = match target.freezer {
+            Freezer::V2 => self.layout.v2_root.as_deref(),
+            Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
+        };
+        if !root.is_some_and(|r| target.dir.starts_with(r)) {
+            return Err(ActionError::InvalidTarget(format!(
+                "{} is not under a cgroup hierarchy of this host",
+                target.dir.display()
+            )));
+        }
+        self.thaw(&target)?;
+        tracing::info!(cgroup = %target.dir.display(), "workload thawed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/freezer cgroup rw,relatime,freezer 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+
+    #[test]
+    fn layout_from_mounts_and_self_cgroup() {
+        let l = CgroupLayout::from_texts(
+            MOUNTS,
+            "6:freezer:/a\n1:cpu:/\n0::/system.slice/palisade.service\n",
+        );
+        assert_eq!(l.v2_root, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            l.v1_freezer_root,
+            Some(PathBuf::from("/sys/fs/cgroup/freezer"))
+        );
+        assert_eq!(
+            l.own,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/freezer/a"),
+                PathBuf::from("/sys/fs/cgroup/unified/system.slice/palisade.service"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mount_escapes_are_undone() {
+        assert_eq!(unescape_mount(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mount(r"/plain"), "/plain");
+    }
+
+    #[test]
+    fn handles_round_trip() {
+        let t = FreezeTarget {
+            freezer: Freezer::V1,
+            dir: PathBuf::from("/sys/fs/cgroup/freezer/x:y"),
+        };
+        assert_eq!(FreezeTarget::from_handle(&t.handle()), Some(t));
+        assert_eq!(FreezeTarget::from_handle("v3:/x"), None);
+    }
+
+    #[test]
+    fn root_daemon_ancestors_and_bad_paths_are_refused() {
+        let layout = CgroupLayout::from_texts(MOUNTS, "0::/system.slice/palisade.service\n");
+        let f = FreezeActuator::with_layout(layout);
+        let refuse = |dir: &str| {
+            f.check_allowed(&FreezeTarget {
+                freezer: Freezer::V2,
+                dir: PathBuf::from(dir),
+            })
+        };
+        assert!(matches!(
+            refuse("/sys/fs/cgroup/unified"),
+            Err(ActionError::InvalidTarget(_))
+        ));
+        assert!(matches!(
+            refuse("/sys/fs/cgroup/unified/system.slice"),
+            Err(ActionError::InvalidTarget(_))
+        ));
+        assert!(matches!(
+            refuse("/sys/fs/cgroup/unified/system.slice/palisade.service"),
+            Err(ActionError::InvalidTarget(_))
+        ));
+        assert!(refuse("/sys/fs/cgroup/unified/system.slice/other.service").is_ok());
+        assert!(matches!(
+            f.by_path("../etc"),
+            Err(ActionError::InvalidTarget(_))
+        ));
+        assert!(matches!(
+            f.by_container("short"),
+            Err(ActionError::InvalidTarget(_))
+        ));
+    }
+}

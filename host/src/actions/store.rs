@@ -1,0 +1,429 @@
+//! Persistence of active actions: the state that freezes, quarantines and blocks leave behind
+//! is recorded in `<state_dir>/actions.json`, so a restarted daemon re-applies it and
+//! `palisade actions list` / `release` can work on it with or without the daemon running.
+//! Every change is a read-modify-write under an exclusive `flock` on `actions.lock`, written to
+//! a temporary file, fsynced and renamed over the old one: concurrent writers (the daemon and
+//! the CLI) never lose each other's changes, and a crash leaves the old or the new file, never
+//! half of one. This module stores and converts; it never acts on the system.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::audit::rfc3339;
+use super::{ActionRequest, ActiveAction, ExecMatch, Mode, Workload};
+use crate::capability::Capability;
+
+/// The state file's name inside the state directory.
+pub const STATE_FILE: &str = "actions.json";
+/// The lock file's name inside the state directory.
+pub const LOCK_FILE: &str = "actions.lock";
+/// Version of the state file format.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid action state file: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: state file version {version} is not supported (expected {STATE_VERSION})")]
+    Version { path: PathBuf, version: u32 },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One persisted action. `action` and `target` are written exactly as in the audit log
+/// (`"freeze"`, `{"cgroup_path": "x"}`), so a line of one can be matched with the other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredAction {
+    pub id: String,
+    pub responder: String,
+    pub action: String,
+    pub target: serde_json::Value,
+    /// `"enforce"` or `"monitor"`.
+    pub mode: String,
+    pub alert_id: String,
+    /// RFC 3339 UTC, and the same instant in ns since the Unix epoch.
+    pub since: String,
+    pub since_ns: u64,
+    /// The actuator's undo handle (empty for monitor-mode records).
+    pub handle: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    actions: Vec<StoredAction>,
+}
+
+impl StoredAction {
+    pub fn from_active(a: &ActiveAction) -> StoredAction {
+        let since_ns = a
+            .since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        StoredAction {
+            id: a.id.clone(),
+            responder: a.responder.clone(),
+            action: a.request.name().to_owned(),
+            target: a.request.target(),
+            mode: a.mode.as_str().to_owned(),
+            alert_id: a.alert_id.clone(),
+            since: rfc3339(since_ns),
+            since_ns,
+            handle: a.handle.clone(),
+        }
+    }
+
+    /// Back to the broker's form; `None` for an entry this version cannot interpret (written
+    /// by a newer palisade, or edited by hand), which is then kept in the file untouched.
+    pub fn to_active(&self) -> Option<ActiveAction> {
+        let request = request_from(&self.action, &self.target)?;
+        let capability = request.capability()?;
+        let mode = match self.mode.as_str() {
+            "enforce" => Mode::Enforce,
+            "monitor" => Mode::Monitor,
+            _ => return None,
+        };
+        Some(ActiveAction {
+            id: self.id.clone(),
+            responder: self.responder.clone(),
+            capability,
+            request,
+            alert_id: self.alert_id.clone(),
+            mode,
+            since: UNIX_EPOCH + Duration::from_nanos(self.since_ns),
+            handle: self.handle.clone(),
+        })
+    }
+}
+
+/// Inverse of `ActionRequest::{name, target}` for the actions that hold state.
+fn request_from(action: &str, target: &serde_json::Value) -> Option<ActionRequest> {
+    let path = || {
+        target
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let capability = Capability::ALL.into_iter().find(|c| c.as_str() == action)?;
+    Some(match capability {
+        Capability::BlockExec => {
+            ActionRequest::BlockExec(serde_json::from_value::<ExecMatch>(target.clone()).ok()?)
+        }
+        Capability::DenyOpen => ActionRequest::DenyOpen { path: path()? },
+        Capability::NetworkQuarantine => ActionRequest::NetworkQuarantine(
+            serde_json::from_value::<Workload>(target.clone()).ok()?,
+        ),
+        Capability::Freeze => {
+            ActionRequest::Freeze(serde_json::from_value::<Workload>(target.clone()).ok()?)
+        }
+        Capability::QuarantineFile => ActionRequest::QuarantineFile { path: path()? },
+        Capability::KillProcess | Capability::Notify => return None,
+    })
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct ActionStore {
+    dir: PathBuf,
+}
+
+/// Holds the exclusive lock until dropped (closing the descriptor releases the flock).
+struct Locked {
+    _file: File,
+}
+
+impl ActionStore {
+    /// A store in `dir`, created (0700) if missing.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<ActionStore, StoreError> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                StoreError::Dir {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(ActionStore { dir })
+    }
+
+    /// A store for reading only: `dir` need not exist (then it is empty).
+    pub fn at(dir: impl Into<PathBuf>) -> ActionStore {
+        ActionStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    fn lock(&self) -> Result<Locked, StoreError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            #[expect(unsafe_code, reason = "flock through libc")]
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Locked { _file: file });
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(StoreError::Lock { path, source: err });
+            }
+        }
+    }
+
+    /// Every stored action, in file order (oldest first). A missing file is an empty store.
+    pub fn load(&self) -> Result<Vec<StoredAction>, StoreError> {
+        let path = self.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let file: StateFile = serde_json::from_str(&text).map_err(|source| StoreError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        if file.version != STATE_VERSION {
+            return Err(StoreError::Version {
+                path,
+                version: file.version,
+            });
+        }
+        Ok(file.actions)
+    }
+
+    /// The stored action `id`, if any.
+    pub fn get(&self, id: &str) -> Result<Option<StoredAction>, StoreError> {
+        Ok(self.load()?.into_iter().find(|a| a.id == id))
+    }
+
+    /// Applies `f` to the stored list under the lock and writes the result back if `f` says
+    /// it changed something.
+    pub fn update<R>(
+        &self,
+        f: impl FnOnce(&mut Vec<StoredAction>) -> (bool, R),
+    ) -> Result<R, StoreError> {
+        let _lock = self.lock()?;
+        let mut actions = self.load()?;
+        let (changed, result) = f(&mut actions);
+        if changed {
+            self.write(&actions)?;
+        }
+        Ok(result)
+    }
+
+    /// Adds or replaces `action`.
+    pub fn insert(&self, action: &ActiveAction) -> Result<(), StoreError> {
+        let stored = StoredAction::from_active(action);
+        self.update(|actions| {
+            match actions.iter_mut().find(|a| a.id == stored.id) {
+                Some(slot) => *slot = stored,
+                None => actions.push(stored),
+            }
+            (true, ())
+        })
+    }
+
+    /// Removes `id`; returns what was stored under it.
+    pub fn remove(&self, id: &str) -> Result<Option<StoredAction>, StoreError> {
+        self.update(|actions| match actions.iter().position(|a| a.id == id) {
+            Some(i) => (true, Some(actions.remove(i))),
+            None => (false, None),
+        })
+    }
+
+    fn write(&self, actions: &[StoredAction]) -> Result<(), StoreError> {
+        let path = self.path();
+        let failed = |source: io::Error| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let file = StateFile {
+            version: STATE_VERSION,
+            actions: actions.to_vec(),
+        };
+        let mut text = serde_json::to_vec_pretty(&file).map_err(|e| failed(io::Error::other(e)))?;
+        text.push(b'\n');
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(failed)?;
+        out.write_all(&text)
+            .and_then(|()| out.sync_all())
+            .map_err(failed)?;
+        fs::rename(&tmp, &path).map_err(failed)?;
+        // The rename itself must reach the disk for the new state to survive a crash.
+        if let Ok(dir) = File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// How long ago `since_ns` was, for humans ("3m ago").
+pub fn age(since_ns: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let secs = now.saturating_sub(since_ns / 1_000_000_000);
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86_400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active(id: &str, request: ActionRequest, mode: Mode) -> ActiveAction {
+        ActiveAction {
+            id: id.into(),
+            responder: "r".into(),
+            capability: request.capability().unwrap(),
+            request,
+            alert_id: "al".into(),
+            mode,
+            since: UNIX_EPOCH + Duration::from_nanos(1_795_884_921_500_000_123),
+            handle: "h".into(),
+        }
+    }
+
+    #[test]
+    fn every_stateful_request_round_trips() {
+        let reqs = [
+            ActionRequest::BlockExec(ExecMatch::Path("/x".into())),
+            ActionRequest::BlockExec(ExecMatch::Sha256("ff".into())),
+            ActionRequest::DenyOpen {
+                path: "/etc/x".into(),
+            },
+            ActionRequest::NetworkQuarantine(Workload::ContainerId("abcdef0123456".into())),
+            ActionRequest::Freeze(Workload::CgroupId(42)),
+            ActionRequest::Freeze(Workload::CgroupPath("a/b".into())),
+            ActionRequest::QuarantineFile {
+                path: "/tmp/x".into(),
+            },
+        ];
+        for (i, req) in reqs.into_iter().enumerate() {
+            let a = active(&format!("a{i}"), req, Mode::Enforce);
+            let stored = StoredAction::from_active(&a);
+            assert_eq!(stored.to_active().as_ref(), Some(&a), "{stored:?}");
+        }
+        let kill = StoredAction {
+            action: "kill-process".into(),
+            ..StoredAction::from_active(&active(
+                "k",
+                ActionRequest::DenyOpen { path: "/x".into() },
+                Mode::Monitor,
+            ))
+        };
+        assert_eq!(kill.to_active(), None);
+    }
+
+    #[test]
+    fn insert_remove_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ActionStore::open(dir.path().join("state")).unwrap();
+        assert!(store.load().unwrap().is_empty());
+        let a = active(
+            "a1",
+            ActionRequest::Freeze(Workload::CgroupPath("x".into())),
+            Mode::Enforce,
+        );
+        let b = active(
+            "b2",
+            ActionRequest::QuarantineFile { path: "/y".into() },
+            Mode::Monitor,
+        );
+        store.insert(&a).unwrap();
+        store.insert(&b).unwrap();
+        // A second handle on the same directory (another process) sees both.
+        let other = ActionStore::at(dir.path().join("state"));
+        let ids: Vec<String> = other.load().unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["a1", "b2"]);
+        assert_eq!(other.remove("a1").unwrap().map(|s| s.id), Some("a1".into()));
+        assert_eq!(other.remove("a1").unwrap(), None);
+        assert_eq!(
+            store.get("b2").unwrap().and_then(|s| s.to_active()),
+            Some(b)
+        );
+        let text = fs::read_to_string(store.path()).unwrap();
+        assert!(
+            text.contains("\"since\": \"2026-11-28T16:55:21.500000123Z\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ActionStore::open(dir.path()).unwrap();
+        fs::write(store.path(), "{not json").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("actions.json"), "{err}");
+        fs::write(store.path(), r#"{"version": 9, "actions": []}"#).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(StoreError::Version { version: 9, .. })
+        ));
+    }
+}
