@@ -317,3 +317,41 @@ fn broker_enforces_and_releases_deny_open() {
         "{log}"
     );
 }
+
+/// Cost of one permission round trip: a child opens a denied file in a loop (every open is an
+/// event the reader answers) against the same loop on an unmarked file. Ignored by default:
+/// `cargo test -p palisade-host --test fanotify_deny -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_permission_round_trip() {
+    require_root!("bench_permission_round_trip");
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, other) = files(dir.path());
+    let denier = OpenDenier::start(DenySettings::default()).unwrap();
+    let script = "import os,sys,time\n\
+        p=sys.argv[1]; n=int(sys.argv[2]); t=time.perf_counter_ns()\n\
+        for _ in range(n):\n\
+        \x20   try: os.close(os.open(p, os.O_RDONLY))\n\
+        \x20   except PermissionError: pass\n\
+        print((time.perf_counter_ns()-t)//n)\n";
+    let per_open = |path: &Path| -> u64 {
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .arg("20000")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let plain = per_open(&other);
+    denier.deny(&secret).unwrap();
+    let denied = per_open(&secret);
+    let unmarked_with_daemon = per_open(&other);
+    eprintln!(
+        "open+close: unmarked file {plain} ns; unmarked file with deny rules active \
+         {unmarked_with_daemon} ns; denied file (fanotify round trip) {denied} ns; \
+         ratio {:.1}x",
+        denied as f64 / plain as f64
+    );
+}
