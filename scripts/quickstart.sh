@@ -25,3 +25,6 @@ detections = [a for a in alerts if a["plugin"]["name"] != "palisade"]
 if not detections:
     raise SystemExit("demo raised no detections: something is broken")
 PY
+
+# Then the same detectors on live kernel events (root only; says so when skipped).
+bash scripts/live-demo.sh
