@@ -2,8 +2,8 @@
 //! compares the alerts with a golden file of selected fields, or writes that file (`--bless`).
 //!
 //! The replay runs the real pipeline (registry, subscription routing, worker, alert bus) with one
-//! worker and the event-time clock, so windows and TTLs in the plugin's `state` follow the
-//! events' timestamps and the result is the same on every run and every machine. It needs no
+//! worker and the event-time clock, one event at a time, so windows and TTLs in the plugin's
+//! `state` follow the events' timestamps and the result is the same on every run and machine. It needs no
 //! root and touches neither the system's compile cache nor its audit log.
 //!
 //! This module owns the golden file format ([`Golden`]) and the diff; it must not grow its own
@@ -305,20 +305,25 @@ fn run_replay(
         });
     }
     let collected = Arc::new(Mutex::new(Vec::new()));
-    let pipeline = daemon
-        .start_pipeline(
-            "plugin-test",
-            vec![Box::new(Collect(Arc::clone(&collected)))],
-        )
-        .map_err(|e| PluginTestError::Setup {
-            reason: e.to_string(),
-        })?;
-    let sink = pipeline.sink();
+    // One event per pipeline run, drained before the next enters: the event-time clock is
+    // "the newest event that entered the pipeline", so feeding everything at once would let
+    // the worker see a later "now" than the event it handles, and windows and TTLs would
+    // depend on thread timing. This way every event is handled at its own time, as when it
+    // was recorded; durable state lives in the registry and carries across runs.
     for event in &events {
-        sink.submit(event.clone(), Delivery::Backpressure);
+        let pipeline = daemon
+            .start_pipeline(
+                "plugin-test",
+                vec![Box::new(Collect(Arc::clone(&collected)))],
+            )
+            .map_err(|e| PluginTestError::Setup {
+                reason: e.to_string(),
+            })?;
+        pipeline
+            .sink()
+            .submit(event.clone(), Delivery::Backpressure);
+        pipeline.finish();
     }
-    drop(sink);
-    pipeline.finish();
     let raw = match Arc::try_unwrap(collected) {
         Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
         Err(shared) => shared
