@@ -64,7 +64,9 @@ impl CapabilitySet {
         CapabilitySet(self.0 & other.0)
     }
     pub fn iter(self) -> impl Iterator<Item = Capability> {
-        Capability::ALL.into_iter().filter(move |c| self.contains(*c))
+        Capability::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
     }
     pub fn is_empty(self) -> bool {
         self.0 == 0

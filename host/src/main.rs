@@ -11,7 +11,8 @@ fn main() -> ExitCode {
         Err(err) => {
             // Logging may not be initialised yet (bad config): report on stderr directly.
             let mut stderr = std::io::stderr().lock();
-            let _ = std::io::Write::write_fmt(&mut stderr, format_args!("palisade: error: {err:#}\n"));
+            let _ =
+                std::io::Write::write_fmt(&mut stderr, format_args!("palisade: error: {err:#}\n"));
             ExitCode::FAILURE
         }
     }

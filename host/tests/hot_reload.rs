@@ -39,13 +39,17 @@ fn wait_version(h: &Harness, want: Option<&str>, timeout: Duration) -> Duration 
     let started = Instant::now();
     loop {
         let set = h.daemon.registry.snapshot();
-        let current = set.detectors.iter().find(|p| p.name() == "counter").map(|p| {
-            p.config
-                .iter()
-                .find(|(k, _)| k == "version")
-                .map(|(_, v)| format!("{v:?}"))
-                .unwrap_or_default()
-        });
+        let current = set
+            .detectors
+            .iter()
+            .find(|p| p.name() == "counter")
+            .map(|p| {
+                p.config
+                    .iter()
+                    .find(|(k, _)| k == "version")
+                    .map(|(_, v)| format!("{v:?}"))
+                    .unwrap_or_default()
+            });
         let ok = match (want, &current) {
             (None, None) => true,
             (Some(v), Some(c)) => c.contains(&format!("\"{v}\"")),
@@ -54,14 +58,20 @@ fn wait_version(h: &Harness, want: Option<&str>, timeout: Duration) -> Duration 
         if ok {
             return started.elapsed();
         }
-        assert!(started.elapsed() < timeout, "reload to {want:?} not applied within {timeout:?} (current {current:?})");
+        assert!(
+            started.elapsed() < timeout,
+            "reload to {want:?} not applied within {timeout:?} (current {current:?})"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 #[test]
 fn add_replace_broken_replace_and_delete_while_events_flow() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
     let h = Harness::new("[engine]\nworkers = 2\nbatch_max = 16\nbatch_linger_ms = 0\n");
     let dir = h.plugins_dir();
     let _watch = h.daemon.watch_dir(dir.clone()).unwrap();
@@ -106,11 +116,18 @@ fn add_replace_broken_replace_and_delete_while_events_flow() {
     // Replace (new sidecar config = new version), atomic rename.
     atomic_write(&dir, "counter.toml", sidecar(2).as_bytes());
     let took = wait_version(&h, Some("2"), Duration::from_secs(5));
-    assert!(took < Duration::from_secs(1), "replace took {took:?}, more than 1 s");
+    assert!(
+        took < Duration::from_secs(1),
+        "replace took {took:?}, more than 1 s"
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     // Replace with a broken build: version 2 must keep running.
-    atomic_write(&dir, "counter.wasm", b"\0asm\x0d\x00\x01\x00 truncated component");
+    atomic_write(
+        &dir,
+        "counter.wasm",
+        b"\0asm\x0d\x00\x01\x00 truncated component",
+    );
     std::thread::sleep(Duration::from_millis(800));
     wait_version(&h, Some("2"), Duration::from_millis(10));
 
@@ -145,12 +162,19 @@ fn add_replace_broken_replace_and_delete_while_events_flow() {
     // Nothing lost while the plugin was loaded: the counted events form one contiguous range.
     let first = *seen.keys().next().expect("counter saw events");
     let last = *seen.keys().last().unwrap();
-    assert_eq!(seen.len() as u64, last - first + 1, "gap in counted events (lost across a swap)");
+    assert_eq!(
+        seen.len() as u64,
+        last - first + 1,
+        "gap in counted events (lost across a swap)"
+    );
     assert!(last < total, "events after the delete were still counted");
     // Versions only move forward, each over one contiguous stretch: 1, then 2, then 3.
     let versions: Vec<&str> = seen.values().map(|v| v[0].as_str()).collect();
     let mut order: Vec<&str> = versions.clone();
     order.dedup();
     assert_eq!(order, vec!["1", "2", "3"], "versions in event order");
-    eprintln!("{total} events fed, {} counted ({first}..={last})", seen.len());
+    eprintln!(
+        "{total} events fed, {} counted ({first}..={last})",
+        seen.len()
+    );
 }

@@ -34,9 +34,16 @@ fn replay(events: &str, format: Format) -> Vec<Value> {
     assert_eq!(failed, 0);
     assert!(ok >= 3);
     let captured = Captured::default();
-    let pipeline = daemon.start_pipeline("replay", vec![writer_output(captured.clone(), "golden", format)]).unwrap();
+    let pipeline = daemon
+        .start_pipeline(
+            "replay",
+            vec![writer_output(captured.clone(), "golden", format)],
+        )
+        .unwrap();
     let mut source = ReplaySource::from_args([root().join(events).display().to_string()]);
-    let summary = source.run(pipeline.sink().as_ref(), &StopFlag::default()).unwrap();
+    let summary = source
+        .run(pipeline.sink().as_ref(), &StopFlag::default())
+        .unwrap();
     assert_eq!(summary.bad_records, 0);
     pipeline.finish();
     captured.alerts()
@@ -55,7 +62,10 @@ fn normalise(mut alerts: Vec<Value>) -> Vec<Value> {
         if obj.contains_key("plugin") {
             obj.insert("time".into(), Value::String("<volatile>".into()));
         }
-        for (section, key) in [("fields", "alert_id"), ("output_fields", "palisade.alert_id")] {
+        for (section, key) in [
+            ("fields", "alert_id"),
+            ("output_fields", "palisade.alert_id"),
+        ] {
             if let Some(fields) = obj.get_mut(section).and_then(Value::as_object_mut) {
                 if fields.contains_key(key) {
                     fields.insert(key.into(), Value::String("<volatile>".into()));
@@ -74,7 +84,8 @@ fn check(name: &str, alerts: Vec<Value>) {
         std::fs::write(&path, &text).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing: run with BLESS=1", path.display()));
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with BLESS=1", path.display()));
     if expected != text {
         let exp: Vec<&str> = expected.lines().collect();
         let got: Vec<&str> = text.lines().collect();
@@ -89,7 +100,12 @@ fn check(name: &str, alerts: Vec<Value>) {
                 diff.push_str(&format!("+ {line}\n"));
             }
         }
-        panic!("{} differs ({} expected, {} got alerts):\n{diff}", path.display(), exp.len(), got.len());
+        panic!(
+            "{} differs ({} expected, {} got alerts):\n{diff}",
+            path.display(),
+            exp.len(),
+            got.len()
+        );
     }
 }
 
@@ -97,7 +113,12 @@ fn check(name: &str, alerts: Vec<Value>) {
 fn demo_attack_json() {
     let alerts = replay("examples/events/demo-attack.jsonl", Format::Json);
     let rules: Vec<&str> = alerts.iter().filter_map(|a| a["rule"].as_str()).collect();
-    for rule in ["sensitive-file-read", "sensitive-file-write", "shell-spawned-by-service", "reverse-shell"] {
+    for rule in [
+        "sensitive-file-read",
+        "sensitive-file-write",
+        "shell-spawned-by-service",
+        "reverse-shell",
+    ] {
         assert!(rules.contains(&rule), "{rule} missing from {rules:?}");
     }
     check("demo-attack.json.golden", alerts);
@@ -105,7 +126,10 @@ fn demo_attack_json() {
 
 #[test]
 fn demo_attack_falco() {
-    check("demo-attack.falco.golden", replay("examples/events/demo-attack.jsonl", Format::Falco));
+    check(
+        "demo-attack.falco.golden",
+        replay("examples/events/demo-attack.jsonl", Format::Falco),
+    );
 }
 
 #[test]

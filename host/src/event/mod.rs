@@ -139,7 +139,9 @@ impl KindSet {
         KindSet(self.0 | other.0)
     }
     pub fn iter(self) -> impl Iterator<Item = EventKind> {
-        EventKind::ALL.into_iter().filter(move |k| self.contains(*k))
+        EventKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
     }
 }
 

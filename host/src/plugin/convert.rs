@@ -80,7 +80,11 @@ pub fn wit_event_data(data: &EventData) -> wit::EventData {
             uid: *uid,
             gid: *gid,
         }),
-        EventData::FileLink { target, link, symbolic } => W::FileLink(wit::FileLinkData {
+        EventData::FileLink {
+            target,
+            link,
+            symbolic,
+        } => W::FileLink(wit::FileLinkData {
             target: target.clone(),
             link: link.clone(),
             symbolic: *symbolic,
@@ -95,12 +99,19 @@ pub fn wit_event_data(data: &EventData) -> wit::EventData {
         }),
         EventData::Setuid { uid } => W::Setuid(*uid),
         EventData::Setgid { gid } => W::Setgid(*gid),
-        EventData::Ptrace { request, target_pid } => W::Ptrace(wit::PtraceData {
+        EventData::Ptrace {
+            request,
+            target_pid,
+        } => W::Ptrace(wit::PtraceData {
             request: *request,
             target_pid: *target_pid,
         }),
         EventData::ModuleLoad { name } => W::ModuleLoad(name.clone()),
-        EventData::Mount { source, target, fstype } => W::Mount(wit::MountData {
+        EventData::Mount {
+            source,
+            target,
+            fstype,
+        } => W::Mount(wit::MountData {
             source: source.clone(),
             target: target.clone(),
             fstype: fstype.clone(),
@@ -281,7 +292,11 @@ pub fn plugin_info(info: wit::PluginInfo) -> PluginInfo {
             rules: f.rules,
             tags: f.tags,
         }),
-        capabilities: info.capabilities.into_iter().map(capability).collect::<CapabilitySet>(),
+        capabilities: info
+            .capabilities
+            .into_iter()
+            .map(capability)
+            .collect::<CapabilitySet>(),
         default_config: info
             .default_config
             .into_iter()

@@ -39,7 +39,10 @@ pub enum EngineError {
         source: std::io::Error,
     },
     #[error("{file}: not a valid WebAssembly component: {reason:#}")]
-    Compile { file: String, reason: wasmtime::Error },
+    Compile {
+        file: String,
+        reason: wasmtime::Error,
+    },
     #[error("cannot link the host interfaces: {0:#}")]
     Link(wasmtime::Error),
 }

@@ -145,16 +145,32 @@ impl state::Host for HostState {
         self.plugin.state.get(&key)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), state::StateError> {
-        self.plugin.state.set(&key, value, ttl_ms).map_err(state_error)
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), state::StateError> {
+        self.plugin
+            .state
+            .set(&key, value, ttl_ms)
+            .map_err(state_error)
     }
 
     fn delete(&mut self, key: String) -> bool {
         self.plugin.state.delete(&key)
     }
 
-    fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, state::StateError> {
-        self.plugin.state.incr(&key, delta, ttl_ms).map_err(state_error)
+    fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, state::StateError> {
+        self.plugin
+            .state
+            .incr(&key, delta, ttl_ms)
+            .map_err(state_error)
     }
 }
 
@@ -195,7 +211,11 @@ fn workload(target: actions::Workload) -> Workload {
 }
 
 impl HostState {
-    fn request(&mut self, alert_id: &str, request: ActionRequest) -> Result<actions::Receipt, actions::ActionError> {
+    fn request(
+        &mut self,
+        alert_id: &str,
+        request: ActionRequest,
+    ) -> Result<actions::Receipt, actions::ActionError> {
         let plugin = &self.plugin;
         let Some(access) = &plugin.actions else {
             // Only responders link the actions interface; this is unreachable for detectors.
@@ -237,7 +257,11 @@ impl actions::Host for HostState {
         )
     }
 
-    fn block_exec(&mut self, target: actions::ExecMatch, alert_id: String) -> Result<actions::Receipt, actions::ActionError> {
+    fn block_exec(
+        &mut self,
+        target: actions::ExecMatch,
+        alert_id: String,
+    ) -> Result<actions::Receipt, actions::ActionError> {
         let target = match target {
             actions::ExecMatch::Path(p) => ExecMatch::Path(p),
             actions::ExecMatch::Sha256(h) => ExecMatch::Sha256(h),
@@ -245,7 +269,11 @@ impl actions::Host for HostState {
         self.request(&alert_id, ActionRequest::BlockExec(target))
     }
 
-    fn deny_open(&mut self, path: String, alert_id: String) -> Result<actions::Receipt, actions::ActionError> {
+    fn deny_open(
+        &mut self,
+        path: String,
+        alert_id: String,
+    ) -> Result<actions::Receipt, actions::ActionError> {
         self.request(&alert_id, ActionRequest::DenyOpen { path })
     }
 
@@ -254,14 +282,25 @@ impl actions::Host for HostState {
         target: actions::Workload,
         alert_id: String,
     ) -> Result<actions::Receipt, actions::ActionError> {
-        self.request(&alert_id, ActionRequest::NetworkQuarantine(workload(target)))
+        self.request(
+            &alert_id,
+            ActionRequest::NetworkQuarantine(workload(target)),
+        )
     }
 
-    fn freeze(&mut self, target: actions::Workload, alert_id: String) -> Result<actions::Receipt, actions::ActionError> {
+    fn freeze(
+        &mut self,
+        target: actions::Workload,
+        alert_id: String,
+    ) -> Result<actions::Receipt, actions::ActionError> {
         self.request(&alert_id, ActionRequest::Freeze(workload(target)))
     }
 
-    fn quarantine_file(&mut self, path: String, alert_id: String) -> Result<actions::Receipt, actions::ActionError> {
+    fn quarantine_file(
+        &mut self,
+        path: String,
+        alert_id: String,
+    ) -> Result<actions::Receipt, actions::ActionError> {
         self.request(&alert_id, ActionRequest::QuarantineFile { path })
     }
 
@@ -275,6 +314,7 @@ impl actions::Host for HostState {
     }
 
     fn release(&mut self, action_id: String) -> Result<(), actions::ActionError> {
-        self.request("", ActionRequest::Release { action_id }).map(|_| ())
+        self.request("", ActionRequest::Release { action_id })
+            .map(|_| ())
     }
 }

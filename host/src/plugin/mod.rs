@@ -3,11 +3,11 @@
 //! set of loaded plugins.
 
 pub mod bindings;
-pub mod manifest;
 pub mod convert;
 pub mod engine;
 pub mod host_impl;
 pub mod instance;
+pub mod manifest;
 pub mod registry;
 pub mod state;
 pub mod subscription;

@@ -140,7 +140,11 @@ pub enum LoadError {
     #[error("{file}: describe() is invalid: {reason}")]
     BadInfo { file: String, reason: String },
     #[error("{file}: plugin name `{name}` is already used by {other}")]
-    NameConflict { file: String, name: String, other: String },
+    NameConflict {
+        file: String,
+        name: String,
+        other: String,
+    },
     #[error("{file}: disabled by its sidecar (enabled = false)")]
     Disabled { file: String },
 }
@@ -171,9 +175,9 @@ pub struct Registry {
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
 }
 
 impl Registry {
@@ -296,7 +300,12 @@ impl Registry {
             return Err(LoadError::Disabled { file });
         }
         let (component, cache_hit) = self.engine.compile(&file, &req.wasm_bytes)?;
-        let pre = match self.engine.detector_linker().instantiate_pre(&component).and_then(detector::DetectorPre::new) {
+        let pre = match self
+            .engine
+            .detector_linker()
+            .instantiate_pre(&component)
+            .and_then(detector::DetectorPre::new)
+        {
             Ok(pre) => Pre::Detector(pre),
             Err(det_err) => match self
                 .engine
@@ -319,25 +328,40 @@ impl Registry {
             memory_bytes: (sidecar.limits.memory_mib.unwrap_or(defaults.memory_mib) as usize)
                 .saturating_mul(1 << 20)
                 .min(super::engine::MAX_PLUGIN_MEMORY_BYTES),
-            deadline: sidecar.limits.deadline_ms.map(Duration::from_millis).unwrap_or(defaults.deadline),
+            deadline: sidecar
+                .limits
+                .deadline_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.deadline),
             init_deadline: defaults.init_deadline,
             max_alerts_per_batch: sidecar.limits.max_alerts_per_batch as usize,
         };
         let failure = FailurePolicy {
-            max_consecutive: sidecar.failure.max_consecutive.unwrap_or(defaults.max_consecutive_failures).max(1),
+            max_consecutive: sidecar
+                .failure
+                .max_consecutive
+                .unwrap_or(defaults.max_consecutive_failures)
+                .max(1),
             backoff_initial: sidecar
                 .failure
                 .backoff_initial_ms
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.backoff_initial),
-            backoff_max: sidecar.failure.backoff_max_ms.map(Duration::from_millis).unwrap_or(defaults.backoff_max),
+            backoff_max: sidecar
+                .failure
+                .backoff_max_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.backoff_max),
             disable: sidecar.failure.policy == super::manifest::FailureAction::Disable,
         };
 
         // Describe on a throwaway instance whose context has no state yet (name unknown).
         let probe_ctx = Arc::new(PluginContext {
             name: req.stem.clone(),
-            state: Arc::new(StateStore::new(StateLimits::default(), Arc::clone(&self.settings.clock))),
+            state: Arc::new(StateStore::new(
+                StateLimits::default(),
+                Arc::clone(&self.settings.clock),
+            )),
             clock: Arc::clone(&self.settings.clock),
             log_limiter: LogLimiter::new(sidecar.limits.max_log_lines_per_sec),
             metrics: Arc::clone(&self.settings.metrics),
@@ -351,8 +375,13 @@ impl Registry {
                 reason: e.to_string(),
             }
         };
-        let mut probe = Instance::instantiate(&self.engine, &pre, &probe_ctx, &limits).map_err(call_err("instantiate"))?;
-        let info = convert::plugin_info(probe.describe(limits.init_deadline).map_err(call_err("describe"))?);
+        let mut probe = Instance::instantiate(&self.engine, &pre, &probe_ctx, &limits)
+            .map_err(call_err("instantiate"))?;
+        let info = convert::plugin_info(
+            probe
+                .describe(limits.init_deadline)
+                .map_err(call_err("describe"))?,
+        );
         drop(probe);
         self.validate_info(&file, &info, &pre)?;
 
@@ -380,7 +409,12 @@ impl Registry {
         });
         let overrides = RuleOverrides {
             disabled_rules: sidecar.overrides.disabled_rules.clone(),
-            priorities: sidecar.overrides.priorities.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            priorities: sidecar
+                .overrides
+                .priorities
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         };
         let generation = {
             let mut inner = self.lock();
@@ -411,16 +445,25 @@ impl Registry {
                     processes: Vec::new(),
                     events: Vec::new(),
                 };
-                canary.on_events(&empty, plugin.limits.init_deadline).map_err(call_err("canary on-events"))?;
+                canary
+                    .on_events(&empty, plugin.limits.init_deadline)
+                    .map_err(call_err("canary on-events"))?;
             }
             PluginKind::Responder => {
-                canary.on_alerts(&[], plugin.limits.init_deadline).map_err(call_err("canary on-alerts"))?;
+                canary
+                    .on_alerts(&[], plugin.limits.init_deadline)
+                    .map_err(call_err("canary on-alerts"))?;
             }
         }
         Ok((plugin, cache_hit))
     }
 
-    fn validate_info(&self, file: &str, info: &super::PluginInfo, pre: &Pre) -> Result<(), LoadError> {
+    fn validate_info(
+        &self,
+        file: &str,
+        info: &super::PluginInfo,
+        pre: &Pre,
+    ) -> Result<(), LoadError> {
         let bad = |reason: String| LoadError::BadInfo {
             file: file.to_string(),
             reason,
@@ -443,7 +486,9 @@ impl Registry {
             )));
         }
         if world == PluginKind::Detector && info.subscriptions.iter().all(|s| s.kinds.0 == 0) {
-            return Err(bad("a detector must subscribe to at least one event kind".into()));
+            return Err(bad(
+                "a detector must subscribe to at least one event kind".into()
+            ));
         }
         if world == PluginKind::Responder && info.alert_filter.is_none() {
             return Err(bad("a responder must declare an alert-filter".into()));
@@ -453,5 +498,9 @@ impl Registry {
 }
 
 fn first_line(err: &wasmtime::Error) -> String {
-    format!("{err:#}").lines().next().unwrap_or_default().to_string()
+    format!("{err:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -112,7 +112,11 @@ impl StateStore {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn live<'a>(entries: &'a mut HashMap<String, Entry>, key: &str, now: u64) -> Option<&'a mut Entry> {
+    fn live<'a>(
+        entries: &'a mut HashMap<String, Entry>,
+        key: &str,
+        now: u64,
+    ) -> Option<&'a mut Entry> {
         let expired = entries
             .get(key)
             .is_some_and(|e| e.expires_ns.is_some_and(|t| t <= now));
@@ -260,7 +264,10 @@ mod tests {
         // Expired keys are reclaimed.
         clock.observe(1_000_000_000 + 2_000_000);
         s.set("c", vec![], None).unwrap();
-        assert_eq!(s.set(&"k".repeat(600), vec![], None), Err(StateError::TooLarge));
+        assert_eq!(
+            s.set(&"k".repeat(600), vec![], None),
+            Err(StateError::TooLarge)
+        );
         assert!(s.delete("c"));
         assert!(!s.delete("c"));
     }

@@ -30,7 +30,9 @@ impl Subscription {
         if !self.exes.is_empty() && !self.exes.iter().any(|e| *e == process.exe) {
             return false;
         }
-        if self.uid_min.is_some_and(|min| process.uid < min) || self.uid_max.is_some_and(|max| process.uid > max) {
+        if self.uid_min.is_some_and(|min| process.uid < min)
+            || self.uid_max.is_some_and(|max| process.uid > max)
+        {
             return false;
         }
         if !self.paths.is_empty() || !self.path_prefixes.is_empty() {
@@ -51,7 +53,11 @@ impl Subscription {
     }
 
     fn path_matches(&self, path: &str) -> bool {
-        self.paths.iter().any(|p| p == path) || self.path_prefixes.iter().any(|p| path.starts_with(p.as_str()))
+        self.paths.iter().any(|p| p == path)
+            || self
+                .path_prefixes
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
     }
 }
 
@@ -65,8 +71,13 @@ pub struct Interest {
 
 impl Interest {
     pub fn new(subscriptions: Vec<Subscription>) -> Self {
-        let kinds = subscriptions.iter().fold(KindSet::default(), |acc, s| acc.union(s.kinds));
-        Self { subscriptions, kinds }
+        let kinds = subscriptions
+            .iter()
+            .fold(KindSet::default(), |acc, s| acc.union(s.kinds));
+        Self {
+            subscriptions,
+            kinds,
+        }
     }
 
     pub fn matches(&self, event: &Event) -> bool {
