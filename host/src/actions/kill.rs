@@ -90,9 +90,11 @@ impl KillActuator {
                 "pid {pid} is the palisade daemon itself"
             )));
         }
-        if signal == 0 || signal > MAX_SIGNAL {
+        // Signal 0 is kill(2)'s probe: it checks that the process exists (and, here, that it
+        // is still the alert's process) without delivering anything.
+        if signal > MAX_SIGNAL {
             return Err(ActionError::InvalidTarget(format!(
-                "signal {signal} is not a valid signal number (1..={MAX_SIGNAL})"
+                "signal {signal} is not a valid signal number (0..={MAX_SIGNAL})"
             )));
         }
         let pidfd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
@@ -215,16 +217,25 @@ mod tests {
                 Err(ActionError::InvalidTarget(_))
             ));
         }
-        // A live process (this one's parent is safe to name: the signal number is rejected
-        // before anything is sent).
-        let parent = std::os::unix::process::parent_id();
+        // A live process of ours, probed with signal 0 only (nothing is delivered).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
         assert!(matches!(
-            k.kill(parent, None, 0),
+            k.kill(pid, None, 65),
             Err(ActionError::InvalidTarget(_))
         ));
-        assert!(matches!(
-            k.kill(parent, None, 65),
-            Err(ActionError::InvalidTarget(_))
-        ));
+        let start = process_start_ns(pid).unwrap();
+        let probe = k.kill(pid, Some(start), 0);
+        let recycled = k.kill(pid, Some(start + 1_000_000_000), 0);
+        let _ = child.kill();
+        let _ = child.wait();
+        probe.unwrap();
+        match recycled {
+            Err(ActionError::InvalidTarget(msg)) => assert!(msg.contains("recycled"), "{msg}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

@@ -413,6 +413,141 @@ mod tests {
         );
     }
 
+    /// Holds a "block" in a shared set, as a kernel map would; `reapply` puts it back.
+    #[derive(Default)]
+    struct FakeMap(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+    impl crate::actions::Actuator for std::sync::Arc<FakeMap> {
+        fn execute(
+            &self,
+            ctx: &crate::actions::ExecContext<'_>,
+            _req: &ActionRequest,
+        ) -> Result<crate::actions::Outcome, crate::actions::ActionError> {
+            self.0.lock().unwrap().insert(ctx.action_id.to_owned());
+            Ok(crate::actions::Outcome::Held {
+                handle: format!("key-{}", ctx.action_id),
+            })
+        }
+        fn release(&self, action: &ActiveAction) -> Result<(), crate::actions::ActionError> {
+            self.0.lock().unwrap().remove(&action.id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn broker_persists_reapplies_and_operator_releases() {
+        use crate::actions::{Broker, BrokerSettings, LogNotifySink, RequestContext, OPERATOR};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let state = dir.path().join("state");
+        let broker = |map: &Arc<FakeMap>| {
+            let settings = BrokerSettings {
+                mode: Mode::Enforce,
+                per_responder: Default::default(),
+                rate_limit_per_minute: 0,
+                audit_log: Some(audit.clone()),
+            };
+            let b = Broker::new(settings, Box::new(LogNotifySink))
+                .unwrap()
+                .with_actuator(Capability::BlockExec, Box::new(Arc::clone(map)));
+            let loaded = b.attach_store(ActionStore::open(&state).unwrap()).unwrap();
+            (b, loaded)
+        };
+        let ctx = RequestContext {
+            responder: "r",
+            granted: [Capability::BlockExec, Capability::Notify]
+                .into_iter()
+                .collect(),
+            alert_id: "al-9",
+        };
+        let block = ActionRequest::BlockExec(ExecMatch::Path("/tmp/x".into()));
+
+        let first_map = Arc::new(FakeMap::default());
+        let (first, loaded) = broker(&first_map);
+        assert_eq!(loaded, 0);
+        let kept = first.request(&ctx, block.clone()).unwrap().id;
+        let released = first.request(&ctx, block.clone()).unwrap().id;
+        first
+            .request(
+                &ctx,
+                ActionRequest::Release {
+                    action_id: released.clone(),
+                },
+            )
+            .unwrap();
+        // One-shot actions are not persisted.
+        first
+            .request(
+                &ctx,
+                ActionRequest::Notify {
+                    channel: "default".into(),
+                    message: "m".into(),
+                },
+            )
+            .unwrap();
+        let ids: Vec<String> = ActionStore::at(&state)
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, std::slice::from_ref(&kept));
+        drop(first);
+
+        // A restart: the map is empty again until the persisted block is re-applied.
+        let map = Arc::new(FakeMap::default());
+        let (second, loaded) = broker(&map);
+        assert_eq!(loaded, 1);
+        let summary = second.reapply_held();
+        assert_eq!(
+            (summary.reapplied, summary.dropped, summary.failed),
+            (1, 0, 0)
+        );
+        assert!(map.0.lock().unwrap().contains(&kept));
+        assert_eq!(second.active()[0].handle, format!("key-{kept}"));
+
+        // The operator's release (another broker on the same state file, as the CLI is).
+        let (cli, _) = broker(&map);
+        cli.release_as_operator(&kept).unwrap();
+        assert!(map.0.lock().unwrap().is_empty());
+        assert!(ActionStore::at(&state).load().unwrap().is_empty());
+        assert!(cli.release_as_operator(&kept).is_err());
+        // The running broker does not undo it a second time, and forgets it.
+        second
+            .request(
+                &ctx,
+                ActionRequest::Release {
+                    action_id: kept.clone(),
+                },
+            )
+            .unwrap();
+        assert!(second.active().is_empty());
+
+        let text = fs::read_to_string(&audit).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let by_operator: Vec<(String, String)> = records
+            .iter()
+            .filter(|r| r["responder"] == OPERATOR)
+            .map(|r| {
+                (
+                    r["result"].as_str().unwrap().to_owned(),
+                    r["alert_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            by_operator,
+            [
+                ("ok".to_owned(), "al-9".to_owned()),
+                ("invalid_target".to_owned(), String::new())
+            ]
+        );
+    }
+
     #[test]
     fn a_corrupt_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
