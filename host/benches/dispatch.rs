@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
             // Warm up.
             for inst in &mut instances {
                 let b = wit_batch(events_here[..batch].iter());
-                inst.on_events(&b, deadline)
+                inst.on_events(&b, deadline, None)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             let started = Instant::now();
@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
                 let b = wit_batch(chunk.iter());
                 for inst in &mut instances {
                     let alerts = inst
-                        .on_events(&b, deadline)
+                        .on_events(&b, deadline, None)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     black_box(alerts);
                 }

@@ -419,7 +419,13 @@ impl Daemon {
                 workers: engine.workers,
                 queue_capacity: engine.queue_capacity,
                 alert_queue_capacity: engine.alert_queue_capacity,
-                batch_max: engine.batch_max,
+                // Replay runs one event per call so every call sees its own event's time
+                // (state TTLs and windows then match the recording exactly).
+                batch_max: if self.clock.follows_events() {
+                    1
+                } else {
+                    engine.batch_max
+                },
                 idle_release: Duration::from_secs(self.config.plugins.idle_release_secs),
                 hostname: self.hostname.clone(),
                 outputs,

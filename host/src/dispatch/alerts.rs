@@ -136,6 +136,14 @@ impl AlertBus {
             if routed.is_empty() || plugin.health.is_quarantined() {
                 continue;
             }
+            // Replay: responders see the time of the newest triggering event.
+            let event_now = self.registry.clock().follows_events().then(|| {
+                batch
+                    .iter()
+                    .filter_map(|a| a.event.as_ref().map(|e| e.ts_ns))
+                    .max()
+                    .unwrap_or_else(|| self.registry.clock().now_ns())
+            });
             let started = Instant::now();
             let result = match self.instances.entry(plugin.name().to_string()) {
                 std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
@@ -143,7 +151,7 @@ impl AlertBus {
                     Instance::start(self.registry.engine(), plugin).map(|inst| e.insert(inst))
                 }
             }
-            .and_then(|inst| inst.on_alerts(&routed, plugin.limits.deadline));
+            .and_then(|inst| inst.on_alerts(&routed, plugin.limits.deadline, event_now));
             self.registry
                 .metrics()
                 .plugin_call(plugin.name(), started.elapsed());

@@ -123,8 +123,14 @@ impl Worker {
                     None => continue,
                 }
             };
+            // Replay: the plugin sees the time of the newest event it is handling.
+            let event_now = self
+                .registry
+                .clock()
+                .follows_events()
+                .then(|| indices.iter().map(|&i| batch[i].ts_ns).max().unwrap_or(0));
             let started = Instant::now();
-            let result = self.call(plugin, wit_batch);
+            let result = self.call(plugin, wit_batch, event_now);
             metrics.plugin_call(plugin.name(), started.elapsed());
             match result {
                 Ok(alerts) => {
@@ -140,6 +146,7 @@ impl Worker {
         &mut self,
         plugin: &LoadedPlugin,
         batch: &wit::EventBatch,
+        event_now: Option<u64>,
     ) -> Result<Vec<wit::Alert>, CallError> {
         let instance = match self.instances.entry(plugin.name().to_string()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -147,7 +154,7 @@ impl Worker {
                 e.insert(Instance::start(self.registry.engine(), plugin)?)
             }
         };
-        let result = instance.on_events(batch, plugin.limits.deadline);
+        let result = instance.on_events(batch, plugin.limits.deadline, event_now);
         if result.is_err() {
             // The Store is poisoned after a trap: the next batch gets a fresh instance.
             self.instances.remove(plugin.name());

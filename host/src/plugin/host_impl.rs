@@ -37,6 +37,9 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) plugin: Arc<PluginContext>,
+    /// Replay: the time of the events being handled, set before each call, so `clock` and
+    /// state TTLs see event time exactly. None live (wall clock).
+    pub(crate) event_now_ns: Option<u64>,
 }
 
 impl HostState {
@@ -53,7 +56,13 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             plugin,
+            event_now_ns: None,
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.event_now_ns
+            .unwrap_or_else(|| self.plugin.clock.now_ns())
     }
 }
 
@@ -142,7 +151,7 @@ fn state_error(err: StateError) -> state::StateError {
 
 impl state::Host for HostState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.plugin.state.get(&key)
+        self.plugin.state.get(&key, self.now())
     }
 
     fn set(
@@ -153,12 +162,12 @@ impl state::Host for HostState {
     ) -> Result<(), state::StateError> {
         self.plugin
             .state
-            .set(&key, value, ttl_ms)
+            .set(&key, value, ttl_ms, self.now())
             .map_err(state_error)
     }
 
     fn delete(&mut self, key: String) -> bool {
-        self.plugin.state.delete(&key)
+        self.plugin.state.delete(&key, self.now())
     }
 
     fn incr(
@@ -169,14 +178,14 @@ impl state::Host for HostState {
     ) -> Result<i64, state::StateError> {
         self.plugin
             .state
-            .incr(&key, delta, ttl_ms)
+            .incr(&key, delta, ttl_ms, self.now())
             .map_err(state_error)
     }
 }
 
 impl clock::Host for HostState {
     fn now_ns(&mut self) -> u64 {
-        self.plugin.clock.now_ns()
+        self.now()
     }
 }
 

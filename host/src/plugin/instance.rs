@@ -287,31 +287,36 @@ impl Instance {
         }
     }
 
-    /// Runs one detector batch under `deadline`.
+    /// Runs one detector batch under `deadline`. `event_now_ns`: replay's event time for the
+    /// call (what `clock` and state TTLs see); None uses the pipeline clock.
     pub fn on_events(
         &mut self,
         batch: &wit::EventBatch,
         deadline: Duration,
+        event_now_ns: Option<u64>,
     ) -> Result<Vec<wit::Alert>, CallError> {
         let Bindings::Detector(b) = &self.bindings else {
             return Ok(Vec::new());
         };
         self.last_used = Instant::now();
+        self.store.data_mut().event_now_ns = event_now_ns;
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
         b.call_on_events(&mut self.store, batch)
             .map_err(|e| CallError::from_wasmtime(&e))
     }
 
-    /// Runs one responder batch under `deadline`.
+    /// Runs one responder batch under `deadline` (`event_now_ns` as for `on_events`).
     pub fn on_alerts(
         &mut self,
         alerts: &[wit::RoutedAlert],
         deadline: Duration,
+        event_now_ns: Option<u64>,
     ) -> Result<(), CallError> {
         let Bindings::Responder(b) = &self.bindings else {
             return Ok(());
         };
         self.last_used = Instant::now();
+        self.store.data_mut().event_now_ns = event_now_ns;
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
         b.call_on_alerts(&mut self.store, alerts)
             .map_err(|e| CallError::from_wasmtime(&e))

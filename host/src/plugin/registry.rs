@@ -198,6 +198,11 @@ impl Registry {
         &self.engine
     }
 
+    /// The pipeline clock (wall time live, event time in replay).
+    pub fn clock(&self) -> &Arc<PipelineClock> {
+        &self.settings.clock
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.settings.metrics
     }
@@ -279,13 +284,12 @@ impl Registry {
 
     fn state_for(&self, name: &str) -> Arc<StateStore> {
         let mut inner = self.lock();
-        let clock = Arc::clone(&self.settings.clock);
         let limits = self.settings.state_limits;
         Arc::clone(
             inner
                 .states
                 .entry(name.to_string())
-                .or_insert_with(|| Arc::new(StateStore::new(limits, clock))),
+                .or_insert_with(|| Arc::new(StateStore::new(limits))),
         )
     }
 
@@ -358,10 +362,7 @@ impl Registry {
         // Describe on a throwaway instance whose context has no state yet (name unknown).
         let probe_ctx = Arc::new(PluginContext {
             name: req.stem.clone(),
-            state: Arc::new(StateStore::new(
-                StateLimits::default(),
-                Arc::clone(&self.settings.clock),
-            )),
+            state: Arc::new(StateStore::new(StateLimits::default())),
             clock: Arc::clone(&self.settings.clock),
             log_limiter: LogLimiter::new(sidecar.limits.max_log_lines_per_sec),
             metrics: Arc::clone(&self.settings.metrics),
@@ -446,12 +447,12 @@ impl Registry {
                     events: Vec::new(),
                 };
                 canary
-                    .on_events(&empty, plugin.limits.init_deadline)
+                    .on_events(&empty, plugin.limits.init_deadline, None)
                     .map_err(call_err("canary on-events"))?;
             }
             PluginKind::Responder => {
                 canary
-                    .on_alerts(&[], plugin.limits.init_deadline)
+                    .on_alerts(&[], plugin.limits.init_deadline, None)
                     .map_err(call_err("canary on-alerts"))?;
             }
         }

@@ -73,6 +73,11 @@ impl PipelineClock {
         }
     }
 
+    /// True in replay: "now" is event time.
+    pub fn follows_events(&self) -> bool {
+        self.follow_events
+    }
+
     pub fn now_ns(&self) -> u64 {
         let event_time = self.event_time_ns.load(Ordering::Relaxed);
         if self.follow_events && event_time != 0 {
@@ -89,20 +94,19 @@ pub fn wall_now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// One plugin's state map.
+/// One plugin's state map. Callers pass "now" (ns since the epoch), so TTLs follow whatever
+/// clock the call runs under: the wall clock live, the handled event's time in replay.
 #[derive(Debug)]
 pub struct StateStore {
     entries: Mutex<HashMap<String, Entry>>,
     limits: StateLimits,
-    clock: Arc<PipelineClock>,
 }
 
 impl StateStore {
-    pub fn new(limits: StateLimits, clock: Arc<PipelineClock>) -> Self {
+    pub fn new(limits: StateLimits) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             limits,
-            clock,
         }
     }
 
@@ -143,8 +147,7 @@ impl StateStore {
         ttl_ms.map(|ms| now.saturating_add(ms.saturating_mul(1_000_000)))
     }
 
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let now = self.clock.now_ns();
+    pub fn get(&self, key: &str, now: u64) -> Option<Vec<u8>> {
         let mut entries = self.lock();
         match &Self::live(&mut entries, key, now)?.value {
             Value::Bytes(b) => Some(b.clone()),
@@ -152,11 +155,16 @@ impl StateStore {
         }
     }
 
-    pub fn set(&self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), StateError> {
+    pub fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        now: u64,
+    ) -> Result<(), StateError> {
         if key.len() > self.limits.max_key_bytes || value.len() > self.limits.max_value_bytes {
             return Err(StateError::TooLarge);
         }
-        let now = self.clock.now_ns();
         let mut entries = self.lock();
         if Self::live(&mut entries, key, now).is_none() {
             self.make_room(&mut entries, now)?;
@@ -171,8 +179,7 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn delete(&self, key: &str) -> bool {
-        let now = self.clock.now_ns();
+    pub fn delete(&self, key: &str, now: u64) -> bool {
         let mut entries = self.lock();
         let existed = Self::live(&mut entries, key, now).is_some();
         entries.remove(key);
@@ -180,11 +187,16 @@ impl StateStore {
     }
 
     /// Adds `delta` to a counter; a TTL applies from the counter's creation (fixed window).
-    pub fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StateError> {
+    pub fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+        now: u64,
+    ) -> Result<i64, StateError> {
         if key.len() > self.limits.max_key_bytes {
             return Err(StateError::TooLarge);
         }
-        let now = self.clock.now_ns();
         let mut entries = self.lock();
         if let Some(entry) = Self::live(&mut entries, key, now) {
             let current = match &entry.value {
@@ -222,53 +234,59 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    fn store(max_keys: usize) -> (StateStore, Arc<PipelineClock>) {
-        let clock = Arc::new(PipelineClock::event_time());
-        clock.observe(1_000_000_000);
-        let limits = StateLimits {
+    const T0: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+
+    fn store(max_keys: usize) -> StateStore {
+        StateStore::new(StateLimits {
             max_keys,
             ..StateLimits::default()
-        };
-        (StateStore::new(limits, Arc::clone(&clock)), clock)
+        })
     }
 
     #[test]
-    fn ttl_follows_the_pipeline_clock() {
-        let (s, clock) = store(10);
-        s.set("k", b"v".to_vec(), Some(5)).unwrap();
-        assert_eq!(s.get("k"), Some(b"v".to_vec()));
-        clock.observe(1_000_000_000 + 4_000_000);
-        assert!(s.get("k").is_some());
-        clock.observe(1_000_000_000 + 5_000_000);
-        assert_eq!(s.get("k"), None);
+    fn ttl_follows_the_callers_clock() {
+        let s = store(10);
+        s.set("k", b"v".to_vec(), Some(5), T0).unwrap();
+        assert_eq!(s.get("k", T0), Some(b"v".to_vec()));
+        assert!(s.get("k", T0 + 4 * MS).is_some());
+        assert_eq!(s.get("k", T0 + 5 * MS), None);
     }
 
     #[test]
     fn counters_are_fixed_windows() {
-        let (s, clock) = store(10);
-        assert_eq!(s.incr("c", 1, Some(10)).unwrap(), 1);
-        assert_eq!(s.incr("c", 2, Some(10)).unwrap(), 3);
-        clock.observe(1_000_000_000 + 10_000_000);
-        assert_eq!(s.incr("c", 1, Some(10)).unwrap(), 1);
-        assert_eq!(s.get("c"), Some(b"1".to_vec()));
+        let s = store(10);
+        assert_eq!(s.incr("c", 1, Some(10), T0).unwrap(), 1);
+        assert_eq!(s.incr("c", 2, Some(10), T0 + MS).unwrap(), 3);
+        assert_eq!(s.incr("c", 1, Some(10), T0 + 10 * MS).unwrap(), 1);
+        assert_eq!(s.get("c", T0 + 10 * MS), Some(b"1".to_vec()));
     }
 
     #[test]
     fn quota_and_size_limits() {
-        let (s, clock) = store(2);
-        s.set("a", vec![], None).unwrap();
-        s.set("b", vec![], Some(1)).unwrap();
-        assert_eq!(s.set("c", vec![], None), Err(StateError::QuotaExceeded));
+        let s = store(2);
+        s.set("a", vec![], None, T0).unwrap();
+        s.set("b", vec![], Some(1), T0).unwrap();
+        assert_eq!(s.set("c", vec![], None, T0), Err(StateError::QuotaExceeded));
         // Overwriting an existing key needs no room.
-        s.set("a", vec![1], None).unwrap();
+        s.set("a", vec![1], None, T0).unwrap();
         // Expired keys are reclaimed.
-        clock.observe(1_000_000_000 + 2_000_000);
-        s.set("c", vec![], None).unwrap();
+        s.set("c", vec![], None, T0 + 2 * MS).unwrap();
         assert_eq!(
-            s.set(&"k".repeat(600), vec![], None),
+            s.set(&"k".repeat(600), vec![], None, T0),
             Err(StateError::TooLarge)
         );
-        assert!(s.delete("c"));
-        assert!(!s.delete("c"));
+        assert!(s.delete("c", T0 + 2 * MS));
+        assert!(!s.delete("c", T0 + 2 * MS));
+    }
+
+    #[test]
+    fn the_event_time_clock_follows_the_newest_event() {
+        let clock = PipelineClock::event_time();
+        clock.observe(T0);
+        clock.observe(T0 - MS);
+        assert_eq!(clock.now_ns(), T0);
+        assert!(clock.follows_events());
+        assert!(!PipelineClock::wall().follows_events());
     }
 }
