@@ -518,8 +518,8 @@ fn reader(s: &Shared) {
             let allow = s.decide(pid, &file);
             // Answer only if the watchdog has not answered for us meanwhile.
             if lock(&s.pending).remove(&fd).is_some() {
-                s.respond(fd, allow);
                 s.count(allow);
+                s.respond(fd, allow);
             }
             drop(file);
         }
@@ -552,8 +552,9 @@ fn watchdog(s: &Shared) {
                 allow,
                 "deny-open: reader late, answered with the timeout default"
             );
-            s.respond(fd, allow);
+            // Counted before answering so the count is visible once the opener returns.
             s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
+            s.respond(fd, allow);
             drop(p.file);
         }
         // A reader wedged before reading: drain the queue with the default.
@@ -566,8 +567,8 @@ fn watchdog(s: &Shared) {
                     allow,
                     "deny-open: reader stalled, answered with the timeout default"
                 );
-                s.respond(fd, allow);
                 s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
+                s.respond(fd, allow);
                 drop(file);
             }
         }
