@@ -57,6 +57,22 @@ fn events(n: usize) -> Vec<Arc<Event>> {
         .collect()
 }
 
+/// String-free events (fork), to separate the per-call and per-event floor from string copies.
+fn fork_events(n: usize) -> Vec<Arc<Event>> {
+    let p = process(2000);
+    (0..n)
+        .map(|i| {
+            Arc::new(Event {
+                ts_ns: i as u64,
+                process: Arc::clone(&p),
+                data: EventData::Fork {
+                    child_pid: 3000 + i as u32,
+                },
+            })
+        })
+        .collect()
+}
+
 /// The detector's logic, natively: the floor the WASM figures are compared with.
 fn native(events: &[Arc<Event>], prefix: &str) -> usize {
     events
@@ -66,6 +82,7 @@ fn native(events: &[Arc<Event>], prefix: &str) -> usize {
 }
 
 struct Row {
+    kind: &'static str,
     plugins: usize,
     batch: usize,
     ns_per_event_per_plugin: f64,
@@ -95,6 +112,7 @@ fn main() -> anyhow::Result<()> {
     let plugin = Arc::clone(&set.detectors[0]);
     let engine = Arc::clone(daemon.registry.engine());
     let evs = events(n_events);
+    let forks = fork_events(n_events);
     let deadline = Duration::from_secs(10);
 
     let mut rows = Vec::new();
@@ -103,7 +121,11 @@ fn main() -> anyhow::Result<()> {
             .map(|_| Instance::start(&engine, &plugin))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for &batch in &[1usize, 256] {
+        for (kind, batch, evs) in [
+            ("file_open", 1usize, &evs),
+            ("file_open", 256, &evs),
+            ("fork", 256, &forks),
+        ] {
             // Batches are converted once per worker batch and shared by every plugin, as in
             // the worker; conversion is inside the timed region.
             let events_here = if batch == 1 {
@@ -130,6 +152,7 @@ fn main() -> anyhow::Result<()> {
             let elapsed = started.elapsed();
             let calls = (events_here.len() * plugins) as f64;
             rows.push(Row {
+                kind,
                 plugins,
                 batch,
                 ns_per_event_per_plugin: elapsed.as_nanos() as f64 / calls,
@@ -194,7 +217,7 @@ fn main() -> anyhow::Result<()> {
     println!("\nend to end (router + worker + 1 plugin, batches up to 256): {e2e:.0} events/s\n");
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| serde_json::json!({"plugins": r.plugins, "batch": r.batch, "ns_per_event_per_plugin": r.ns_per_event_per_plugin, "events_per_s": r.events_per_s}))
+        .map(|r| serde_json::json!({"event": r.kind, "plugins": r.plugins, "batch": r.batch, "ns_per_event_per_plugin": r.ns_per_event_per_plugin, "events_per_s": r.events_per_s}))
         .collect();
     println!(
         "{}",
