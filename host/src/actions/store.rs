@@ -167,22 +167,30 @@ struct Locked {
 }
 
 impl ActionStore {
-    /// A store in `dir`, created (0700) if missing.
+    /// A store in `dir`. The directory is created (0700) on the first write, so a daemon that
+    /// never holds an action leaves no trace; something other than a directory there is an
+    /// error now.
     pub fn open(dir: impl Into<PathBuf>) -> Result<ActionStore, StoreError> {
         let dir = dir.into();
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
-                path: dir.clone(),
-                source,
-            })?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-                StoreError::Dir {
-                    path: dir.clone(),
-                    source,
-                }
-            })?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Dir {
+                path: dir,
+                source: io::Error::from(io::ErrorKind::NotADirectory),
+            });
         }
         Ok(ActionStore { dir })
+    }
+
+    fn ensure_dir(&self) -> Result<(), StoreError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        let failed = |source| StoreError::Dir {
+            path: self.dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(failed)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(failed)
     }
 
     /// A store for reading only: `dir` need not exist (then it is empty).
@@ -199,6 +207,7 @@ impl ActionStore {
     }
 
     fn lock(&self) -> Result<Locked, StoreError> {
+        self.ensure_dir()?;
         let path = self.dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -384,6 +393,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ActionStore::open(dir.path().join("state")).unwrap();
         assert!(store.load().unwrap().is_empty());
+        assert!(
+            !store.dir().exists(),
+            "created only when something is written"
+        );
         let a = active(
             "a1",
             ActionRequest::Freeze(Workload::CgroupPath("x".into())),
@@ -395,6 +408,8 @@ mod tests {
             Mode::Monitor,
         );
         store.insert(&a).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(store.dir()).unwrap().mode() & 0o777, 0o700);
         store.insert(&b).unwrap();
         // A second handle on the same directory (another process) sees both.
         let other = ActionStore::at(dir.path().join("state"));
