@@ -414,14 +414,16 @@ impl Courier {
             match post(&self.url, &self.settings, &n) {
                 Attempt::Delivered(status) => {
                     tracing::debug!(id = %n.id, status, "webhook: delivered");
+                    // Counted before the file goes: `flush` sees the spool empty only after.
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&path);
                     self.queue.pop_front();
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     backoff = self.settings.retry_initial;
                 }
                 Attempt::Rejected(status) => {
                     tracing::error!(id = %n.id, status, url = %self.settings.url,
                         "webhook: endpoint rejected the notification; kept in the rejected/ spool");
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     let dir = self.settings.spool_dir.join(REJECTED_DIR);
                     let moved = std::fs::create_dir_all(&dir).and_then(|()| {
                         std::fs::rename(&path, dir.join(path.file_name().unwrap_or_default()))
@@ -430,7 +432,6 @@ impl Courier {
                         let _ = std::fs::remove_file(&path);
                     }
                     self.queue.pop_front();
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     backoff = self.settings.retry_initial;
                 }
                 Attempt::Retry(reason) => {
