@@ -440,7 +440,8 @@ impl Shared {
         if denied {
             let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
                 .unwrap_or_default();
-            tracing::warn!(pid, path = %path.display(), "deny-open: denied");
+            // Debug, not warn: a denied process retrying in a loop must not flood the log.
+            tracing::debug!(pid, path = %path.display(), "deny-open: denied");
         }
         !denied
     }
