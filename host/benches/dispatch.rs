@@ -205,15 +205,17 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
 
-    println!("| plugins | events per call | ns per event per plugin | events/s (all plugins) |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| event | plugins | events per call | ns per event per plugin | events/s (all plugins) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} |",
-            r.plugins, r.batch, r.ns_per_event_per_plugin, r.events_per_s
+            "| {} | {} | {} | {:.0} | {:.0} |",
+            r.kind, r.plugins, r.batch, r.ns_per_event_per_plugin, r.events_per_s
         );
     }
-    println!("| native | - | {native_ns:.1} | - |");
+    println!("| file_open | native | - | {native_ns:.1} | - |");
     println!("\nend to end (router + worker + 1 plugin, batches up to 256): {e2e:.0} events/s\n");
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
