@@ -457,8 +457,11 @@ impl Daemon {
             debounce: Duration::from_millis(self.config.plugins.debounce_ms),
             ..Default::default()
         };
-        let initial = crate::reload::initial_units(&dir)?;
-        let expected = initial.len();
+        // Count (stat only) the units the watcher's first pass will send, to wait for them.
+        let expected = crate::reload::scan(&dir)?
+            .values()
+            .filter(|unit| unit.wasm.is_some())
+            .count();
         let watcher = crate::reload::Watcher::spawn(dir, settings, tx)?;
         let registry = Arc::clone(&self.registry);
         let (ready_tx, ready_rx) = bounded::<()>(1);
