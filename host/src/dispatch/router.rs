@@ -20,7 +20,9 @@ pub struct Router {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     clock: Arc<PipelineClock>,
-    source: String,
+    /// This source's `events_received_total` series, looked up once: the per-event label
+    /// lookup allocated and hashed the source name on the hot path.
+    received: prometheus_client::metrics::counter::Counter,
 }
 
 impl Router {
@@ -31,12 +33,18 @@ impl Router {
         clock: Arc<PipelineClock>,
         source: &str,
     ) -> Self {
+        let received = metrics
+            .events_received_total
+            .get_or_create(&crate::metrics::SourceLabels {
+                source: source.into(),
+            })
+            .clone();
         Self {
             shards: ArcSwap::from_pointee(shards),
             registry,
             metrics,
+            received,
             clock,
-            source: source.to_string(),
         }
     }
 }
@@ -50,7 +58,7 @@ impl Router {
 
 impl EventSink for Router {
     fn submit(&self, event: Event, delivery: Delivery) {
-        self.metrics.event_received(&self.source);
+        self.received.inc();
         self.clock.observe(event.ts_ns);
         let set = self.registry.snapshot();
         // Cheap first filter on the union of subscribed kinds; workers do the exact match.
