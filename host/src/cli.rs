@@ -58,6 +58,8 @@ pub enum Command {
     Run(RunArgs),
     /// Replay JSON Lines event files through the plugins once and exit (non-zero after bad lines).
     Replay(ReplayArgs),
+    /// Write live kernel events to a JSON Lines file in the replay schema (root).
+    Record(RecordArgs),
     /// Plugin tooling.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -146,6 +148,19 @@ pub struct ReplayArgs {
     pub common: CommonArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Output file (JSON Lines, replayable with `palisade replay FILE`).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Only these kinds, comma-separated (e.g. exec,file_open); default all.
+    #[arg(long)]
+    pub kinds: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
     /// Validate a plugin component (and its sidecar) and print its description.
@@ -220,6 +235,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Run(args) => cmd_run(&cli, args),
         Command::Replay(args) => cmd_replay(&cli, args),
+        Command::Record(args) => cmd_record(&cli, args),
         Command::Plugin(PluginCommand::Check { file }) => cmd_plugin_check(&cli, file),
         Command::Actions(ActionsCommand::List { config }) => {
             cmd_actions_list(&cli, config.as_deref())
@@ -404,6 +420,41 @@ fn cmd_replay(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_record(cli: &Cli, args: &RecordArgs) -> Result<ExitCode> {
+    let ov = Overrides {
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format.map(|f| match f {
+            LogFormatArg::Text => config::LogFormat::Text,
+            LogFormatArg::Json => config::LogFormat::Json,
+        }),
+        ..Overrides::default()
+    };
+    init_telemetry(&Config::load(None, &ov)?)?;
+    let duration = match args.duration {
+        Some(s) if !(s.is_finite() && s > 0.0) => bail!("--duration {s}: expected seconds > 0"),
+        Some(s) => Some(std::time::Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let kinds = args
+        .kinds
+        .as_deref()
+        .map(crate::record::parse_kinds)
+        .transpose()?;
+    let stop = StopFlag::default();
+    let _signals = crate::daemon::stop_on_signals(stop.clone());
+    let options = crate::record::RecordOptions {
+        output: args.output.clone(),
+        duration,
+        kinds,
+    };
+    let summary = crate::record::record(&options, &stop, || {})?;
+    Ok(if summary.dropped > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn cmd_plugin_check(cli: &Cli, file: &Path) -> Result<ExitCode> {

@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod output;
 pub mod pack;
 pub mod plugin;
+pub mod record;
 pub mod reload;
 pub mod telemetry;

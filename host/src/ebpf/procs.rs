@@ -5,18 +5,32 @@
 //! new entries are not stored (events still carry what their record says). It must not block
 //! on anything but small /proc reads, and it only reads /proc for a pid it has never seen (or
 //! once per fd-dup event, to name the duplicated descriptor).
+//!
+//! Container ids (`process.container_id`) come from the cgroup path (`event::container`): read
+//! from `/proc/<pid>/cgroup` when a process is first loaded from /proc, and otherwise resolved
+//! once per cgroup id (the kernel record carries it) and cached, so only a process's first
+//! event in a new cgroup (an exec after a move into a container's cgroup) costs a small read.
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::decode::Clock;
+use crate::event::container;
 use crate::event::{Ancestor, Event, EventData, FdTargetKind, Process};
 
 /// Ancestors kept per process (nearest first).
 pub const MAX_ANCESTORS: usize = 8;
 /// Default cap on cached processes.
 pub const DEFAULT_CAPACITY: usize = 65_536;
+/// Cgroup ids whose container id is remembered; the map is cleared when it reaches this (a
+/// host has far fewer live cgroups, so this only bounds churn).
+pub const MAX_CGROUPS: usize = 4096;
+/// How deep the cgroup v2 tree is searched for a cgroup id whose process already exited.
+const MAX_CGROUP_DEPTH: usize = 12;
+/// Directories visited at most by that search.
+const MAX_CGROUP_DIRS: usize = 20_000;
 /// Linux USER_HZ: /proc/<pid>/stat times are in these ticks on every mainstream architecture.
 const TICKS_PER_SEC: u64 = 100;
 
@@ -29,6 +43,10 @@ pub struct ProcessCache {
     proc_root: String,
     /// Turns event wall-clock time back into ns since boot for `start_ns`.
     clock: Clock,
+    /// Cgroup v2 id -> container id (`None`: a host cgroup).
+    containers: HashMap<u64, Option<String>>,
+    /// Where cgroup v2 is mounted (`None`: not mounted; ids then come from /proc only).
+    cgroup2_root: Option<PathBuf>,
 }
 
 impl ProcessCache {
@@ -38,6 +56,8 @@ impl ProcessCache {
             capacity,
             proc_root: "/proc".to_owned(),
             clock: Clock::default(),
+            containers: HashMap::new(),
+            cgroup2_root: container::cgroup2_root(),
         }
     }
 
@@ -80,7 +100,7 @@ impl ProcessCache {
             else {
                 continue;
             };
-            if let Some(p) = read_proc(&self.proc_root, pid) {
+            if let Some(p) = self.read_proc(pid) {
                 self.procs.insert(pid, Arc::new(p));
             }
         }
@@ -129,7 +149,7 @@ impl ProcessCache {
         if let Some(p) = self.procs.get(&pid) {
             return Some(p.clone());
         }
-        let mut p = read_proc(&self.proc_root, pid)?;
+        let mut p = self.read_proc(pid)?;
         p.ancestors = self.ancestors_of(p.ppid);
         let p = Arc::new(p);
         self.insert(p.clone());
@@ -140,7 +160,21 @@ impl ProcessCache {
     /// cached process context, and updates the cache from fork/exec/exit.
     pub fn enrich(&mut self, event: &mut Event) {
         let rec = event.process.clone();
-        let cached = self.lookup(rec.pid);
+        let mut cached = self.lookup(rec.pid);
+        // A process seen in a new cgroup (moved, or its id unknown when loaded from /proc):
+        // resolve the container once and store it, so its later events share one record.
+        if let Some(p) = &cached {
+            if rec.cgroup_id != 0 && p.cgroup_id != rec.cgroup_id {
+                let container_id = self.container_of(rec.pid, rec.cgroup_id);
+                let moved = Arc::new(Process {
+                    cgroup_id: rec.cgroup_id,
+                    container_id,
+                    ..(**p).clone()
+                });
+                self.insert(moved.clone());
+                cached = Some(moved);
+            }
+        }
         match &event.data {
             EventData::Fork { child_pid } => {
                 if let Some(parent) = &cached {
@@ -165,6 +199,8 @@ impl ProcessCache {
             EventData::Exec(exec) => {
                 let base = cached.as_deref().cloned().unwrap_or_else(|| Process {
                     pid: rec.pid,
+                    container_id: self.container_of(rec.pid, rec.cgroup_id),
+                    cgroup_id: rec.cgroup_id,
                     ..Process::default()
                 });
                 let updated = Process {
@@ -202,6 +238,106 @@ impl ProcessCache {
             event.process = with_thread(&p, &rec);
         }
     }
+}
+
+impl ProcessCache {
+    /// Reads one process from /proc, with its cgroup id and container id.
+    fn read_proc(&mut self, pid: u32) -> Option<Process> {
+        let mut p = read_proc(&self.proc_root, pid)?;
+        let cgroups = fs::read_to_string(format!("{}/{pid}/cgroup", self.proc_root));
+        if let Ok(text) = cgroups {
+            p.container_id = container::container_id_from_cgroup_file(&text).map(str::to_owned);
+            let id = self
+                .cgroup2_root
+                .as_deref()
+                .zip(container::v2_path(&text))
+                .and_then(|(root, path)| container::cgroup_id(root, path));
+            if let Some(id) = id {
+                p.cgroup_id = id;
+                self.remember(id, p.container_id.clone());
+            }
+        }
+        Some(p)
+    }
+
+    /// The container id of cgroup `cgroup_id`, which `pid` was just seen in: cached per cgroup
+    /// id; otherwise from `/proc/<pid>/cgroup`, or, when the process is already gone, by finding
+    /// the cgroup directory with that id. Unresolvable ids are not cached (a later process in
+    /// the same cgroup may still tell).
+    fn container_of(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
+        if cgroup_id == 0 {
+            return None;
+        }
+        if let Some(known) = self.containers.get(&cgroup_id) {
+            return known.clone();
+        }
+        let from_proc = fs::read_to_string(format!("{}/{pid}/cgroup", self.proc_root))
+            .ok()
+            .and_then(|text| {
+                // The process may have moved again since the record: trust the file only when
+                // its v2 directory is the record's cgroup (or v2 cannot be checked).
+                let path = container::v2_path(&text)?;
+                let matches = match &self.cgroup2_root {
+                    Some(root) => container::cgroup_id(root, path) == Some(cgroup_id),
+                    None => true,
+                };
+                matches.then(|| container::container_id_from_cgroup_file(&text).map(str::to_owned))
+            });
+        let resolved = from_proc.or_else(|| {
+            let root = self.cgroup2_root.as_deref()?;
+            let path = find_cgroup(root, cgroup_id)?;
+            Some(container::container_id_from_path(&path).map(str::to_owned))
+        });
+        match resolved {
+            Some(id) => {
+                self.remember(cgroup_id, id.clone());
+                id
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&mut self, cgroup_id: u64, container_id: Option<String>) {
+        if self.containers.len() >= MAX_CGROUPS {
+            self.containers.clear();
+        }
+        self.containers.insert(cgroup_id, container_id);
+    }
+}
+
+/// The path (relative to `root`, with a leading '/') of the cgroup directory whose inode is
+/// `cgroup_id`: a bounded breadth-first walk, used only for a cgroup first seen in a process that
+/// already exited.
+fn find_cgroup(root: &Path, cgroup_id: u64) -> Option<String> {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    if fs::metadata(root).ok()?.ino() == cgroup_id {
+        return Some("/".to_owned());
+    }
+    let mut queue = std::collections::VecDeque::from([(root.to_path_buf(), 0usize)]);
+    let mut visited = 0;
+    while let Some((dir, depth)) = queue.pop_front() {
+        visited += 1;
+        if visited > MAX_CGROUP_DIRS {
+            return None;
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if entry.ino() == cgroup_id {
+                let rel = path.strip_prefix(root).ok()?;
+                return Some(format!("/{}", rel.to_string_lossy()));
+            }
+            if depth + 1 < MAX_CGROUP_DEPTH {
+                queue.push_back((path, depth + 1));
+            }
+        }
+    }
+    None
 }
 
 /// The cached process as seen by the record's thread: shares the `Arc` when nothing differs.
@@ -367,6 +503,115 @@ mod tests {
         cache.enrich(&mut exit);
         assert_eq!(exit.process.exe, "/bin/true");
         assert!(cache.get(child).is_none(), "evicted on exit");
+    }
+
+    const CID: &str = "3f4a9c2b1e0d8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
+    const CID2: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn ino(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().ino()
+    }
+
+    /// A fake /proc with `pid` (parent 1) and, when given, its cgroup file.
+    fn fake_proc(root: &Path, pid: u32, cgroup: Option<&str>) {
+        let dir = root.join(pid.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        let stat = format!("{pid} (fake) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0");
+        fs::write(dir.join("stat"), stat).unwrap();
+        fs::write(dir.join("cmdline"), b"fake\0").unwrap();
+        if let Some(text) = cgroup {
+            fs::write(dir.join("cgroup"), text).unwrap();
+        }
+    }
+
+    /// A cache over a fake /proc and a fake cgroup v2 tree with a containerd and a docker
+    /// container: (cache, proc root, cgroup root, containerd cgroup id, docker cgroup id).
+    fn fake_cache() -> (ProcessCache, tempfile::TempDir, tempfile::TempDir, u64, u64) {
+        let procs = tempfile::tempdir().unwrap();
+        let cgroups = tempfile::tempdir().unwrap();
+        let containerd = cgroups
+            .path()
+            .join(format!("k.slice/cri-containerd-{CID}.scope"));
+        let docker = cgroups
+            .path()
+            .join(format!("system.slice/docker-{CID2}.scope"));
+        fs::create_dir_all(&containerd).unwrap();
+        fs::create_dir_all(&docker).unwrap();
+        let mut cache = ProcessCache::new(DEFAULT_CAPACITY);
+        cache.proc_root = procs.path().to_str().unwrap().to_owned();
+        cache.cgroup2_root = Some(cgroups.path().to_path_buf());
+        let (a, b) = (ino(&containerd), ino(&docker));
+        (cache, procs, cgroups, a, b)
+    }
+
+    fn in_cgroup(mut event: Event, cgroup_id: u64) -> Event {
+        Arc::make_mut(&mut event.process).cgroup_id = cgroup_id;
+        event
+    }
+
+    #[test]
+    fn container_id_from_proc_then_cached_per_cgroup_id() {
+        let (mut cache, procs, _cg, containerd, _) = fake_cache();
+        let file = format!("4:memory:/\n0::/k.slice/cri-containerd-{CID}.scope\n");
+        fake_proc(procs.path(), 4242, Some(&file));
+        let mut e = in_cgroup(ev(4242, EventData::Exit { code: 0 }), containerd);
+        cache.enrich(&mut e);
+        assert_eq!(e.process.container_id.as_deref(), Some(CID));
+        assert_eq!(e.process.cgroup_id, containerd);
+        // Another process in the same cgroup whose cgroup file cannot be read: the cgroup id
+        // alone names the container, from the cache.
+        fake_proc(procs.path(), 4243, None);
+        let mut e = in_cgroup(ev(4243, EventData::Fork { child_pid: 4244 }), containerd);
+        cache.enrich(&mut e);
+        assert_eq!(e.process.container_id.as_deref(), Some(CID));
+        // ... and its forked child inherits it.
+        assert_eq!(cache.get(4244).unwrap().container_id.as_deref(), Some(CID));
+    }
+
+    #[test]
+    fn exec_after_a_move_resolves_the_new_cgroup_even_when_the_process_is_gone() {
+        let (mut cache, procs, cg, _, docker) = fake_cache();
+        fake_proc(procs.path(), 4242, Some("0::/\n"));
+        let root = ino(cg.path());
+        // A host process: no container.
+        let mut fork = in_cgroup(ev(4242, EventData::Fork { child_pid: 4245 }), root);
+        cache.enrich(&mut fork);
+        assert_eq!(fork.process.container_id, None);
+        assert_eq!(cache.get(4245).unwrap().container_id, None);
+        // Its child moved into docker's cgroup and exec'd; it is not in /proc (already exited),
+        // so the cgroup tree is searched for the id.
+        let exec = EventData::Exec(ExecData {
+            filename: "/bin/true".into(),
+            args: vec!["true".into()],
+            args_truncated: false,
+        });
+        let mut e = in_cgroup(ev(4245, exec), docker);
+        cache.enrich(&mut e);
+        assert_eq!(e.process.container_id.as_deref(), Some(CID2));
+        assert_eq!(e.process.ppid, 4242);
+        // A later event of the same process shares the cached record.
+        let mut exit = in_cgroup(ev(4245, EventData::Exit { code: 0 }), docker);
+        cache.enrich(&mut exit);
+        assert_eq!(exit.process.container_id.as_deref(), Some(CID2));
+    }
+
+    #[test]
+    fn cgroup_walk_finds_nested_directories_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(dir.path().join("a/file"), b"").unwrap();
+        assert_eq!(
+            find_cgroup(dir.path(), ino(&deep)).as_deref(),
+            Some("/a/b/c")
+        );
+        assert_eq!(
+            find_cgroup(dir.path(), ino(dir.path())).as_deref(),
+            Some("/")
+        );
+        let file_ino = ino(&dir.path().join("a/file"));
+        assert_eq!(find_cgroup(dir.path(), file_ino), None);
     }
 
     #[test]

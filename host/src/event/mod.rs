@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod container;
 pub mod replay;
 pub mod source;
 
