@@ -1,17 +1,20 @@
 //! `notify-high`: a responder that sends a notification for every alert at or above a minimum
-//! priority (error by default) on a configurable channel. It asks only for `notify`; a refusal
-//! by the broker (not granted, rate limited) is logged, never retried.
+//! priority (error by default) from the configured rules (rule id globs, every rule by default)
+//! on a configurable channel. It asks only for `notify`; a refusal by the broker (not granted,
+//! rate limited) is logged, never retried.
 
 use palisade_sdk::{
-    actions, AlertFilter, Capability, Config, PluginInfo, Priority, Responder, RoutedAlert,
+    actions, glob_match, AlertFilter, Capability, Config, PluginInfo, Priority, Responder,
+    RoutedAlert,
 };
 
-const KNOWN_KEYS: &[&str] = &["min-priority", "channel"];
+const KNOWN_KEYS: &[&str] = &["min-priority", "channel", "rules"];
 
 /// The responder; see the crate docs.
 pub struct NotifyHigh {
     min: Priority,
     channel: String,
+    rules: Vec<String>,
 }
 
 /// The notification text: priority, rule, the detector's message and where it came from.
@@ -46,6 +49,7 @@ impl Responder for NotifyHigh {
         .capability(Capability::Notify)
         .config("min-priority", "error")
         .config("channel", "default")
+        .config("rules", ["*"])
     }
 
     fn init(config: Config) -> Result<Self, String> {
@@ -54,14 +58,21 @@ impl Responder for NotifyHigh {
         if channel.trim().is_empty() {
             return Err("config key `channel`: must not be empty".to_string());
         }
+        let rules = config.text_list_or("rules", &["*"])?;
+        if let Some(bad) = rules.iter().find(|r| r.trim().is_empty()) {
+            return Err(format!("config key `rules`: empty rule glob {bad:?}"));
+        }
         Ok(NotifyHigh {
             min: config.priority_or("min-priority", Priority::Error)?,
             channel,
+            rules,
         })
     }
 
     fn on_alert(&mut self, alert: &RoutedAlert) {
-        if !alert.alert.priority.is_at_least(self.min) {
+        if !alert.alert.priority.is_at_least(self.min)
+            || !self.rules.iter().any(|g| glob_match(g, &alert.alert.rule))
+        {
             return;
         }
         match actions::notify(&self.channel, &notification(alert), &alert.id) {
@@ -154,6 +165,19 @@ mod tests {
             (calls[0].target.as_str(), calls[0].alert_id.as_str()),
             ("pager", "a2")
         );
+    }
+
+    #[test]
+    fn rules_config_selects_alerts() {
+        testing::reset();
+        let mut r = responder(Config::default().with("rules", ["sensitive-file-*"]));
+        let mut other = routed("a2", Priority::Critical);
+        other.alert.rule = "reverse-shell".into();
+        run_alerts(&mut r, &[routed("a1", Priority::Critical), other]);
+        let calls = testing::actions();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].alert_id, "a1");
+        assert!(NotifyHigh::init(Config::default().with("rules", [""])).is_err());
     }
 
     #[test]
