@@ -9,9 +9,9 @@
 //! [`Path2Record`], [`SockRecord`], [`ExecRecord`]); what each `arg` slot means per kind is
 //! documented on the `KIND_*` constants and decoded in exactly one place.
 //!
-//! Room for in-kernel filtering: filter maps (kind mask array, path-prefix LPM trie, port hash)
-//! will be added as new map names here; records do not change, and the `COUNTER_FILTERED` slots
-//! already count events dropped in the kernel.
+//! In-kernel filtering: the `FILTER*` maps below hold the union of the loaded plugins'
+//! subscriptions (written by the host's `ebpf::filter`); every dropped event is counted in the
+//! `COUNTER_FILTERED` slots. Records do not change with filtering.
 #![no_std]
 
 /// Length of one path/name buffer, NUL included. Longer strings are cut and flagged.
@@ -121,6 +121,43 @@ pub const CONFIG_SLOTS: u32 = 8;
 /// with their result. Zero (the default) reports them at entry, so a missing exit hook never
 /// loses opens.
 pub const CONFIG_OPEN_AT_EXIT: u32 = 0;
+/// In-kernel subscription filter (`Array<u32>`, index = kind): one word per kind. 0 passes
+/// every event (the state at load, so a source nobody configures sees everything);
+/// `FILTER_DROP` drops every event of the kind (no plugin subscribes to it); otherwise the
+/// `FILTER_GATE_*` bits name the predicate maps to check, and an event passes when ANY named
+/// gate matches it. The host only names gates the kind's programs can evaluate.
+pub const MAP_FILTER: &str = "FILTER";
+pub const FILTER_DROP: u32 = 1 << 0;
+/// Path gate: an absolute path hits `FILTER_PATHS`; a relative, empty or unreadable path always
+/// passes (userspace may resolve it against the cwd).
+pub const FILTER_GATE_PATH: u32 = 1 << 1;
+/// Comm gate: the task comm is a key of `FILTER_COMMS`.
+pub const FILTER_GATE_COMM: u32 = 1 << 2;
+/// Port gate: an inet port hits `FILTER_PORTS`; other address families always pass.
+pub const FILTER_GATE_PORT: u32 = 1 << 3;
+pub const FILTER_GATES: u32 = FILTER_GATE_PATH | FILTER_GATE_COMM | FILTER_GATE_PORT;
+/// LPM trie: [`PathKey`] -> kind bitmask (bit `1 << kind`). A prefix entry holds the prefix
+/// bytes, an exact-path entry the path plus its terminating NUL. The trie returns only the
+/// longest match, so each value also carries the bits of every shorter entry that is a prefix
+/// of it.
+pub const MAP_FILTER_PATHS: &str = "FILTER_PATHS";
+pub const FILTER_PATHS_MAX: u32 = 4096;
+/// Hash: comm (`[u8; COMM_LEN]`, NUL-padded) -> kind bitmask.
+pub const MAP_FILTER_COMMS: &str = "FILTER_COMMS";
+pub const FILTER_COMMS_MAX: u32 = 1024;
+/// Array indexed by port (host order) -> kind bitmask.
+pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
+pub const FILTER_PORTS_LEN: u32 = 65536;
+
+/// Key of `FILTER_PATHS`, laid out like the kernel's `struct bpf_lpm_trie_key` (and aya's
+/// `lpm_trie::Key<[u8; PATH_LEN]>`): a prefix length in bits, then the bytes.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct PathKey {
+    pub prefix_len: u32,
+    pub data: [u8; PATH_LEN],
+}
+
 /// Load-time globals (`.rodata`, set with `EbpfLoader::override_global`).
 pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
@@ -257,6 +294,8 @@ const _: () = assert!(core::mem::size_of::<ExecRecord>() == 56 + 16 + PATH_LEN +
 const _: () = assert!(core::mem::size_of::<ArgsScratch>() == 16 + ARGS_LEN + ARG_READ_MAX);
 const _: () = assert!(core::mem::size_of::<AcceptStash>() == 16);
 const _: () = assert!(core::mem::size_of::<OpenStash>() == 32);
+const _: () = assert!(core::mem::size_of::<PathKey>() == 4 + PATH_LEN);
+const _: () = assert!(KIND_COUNT <= 32);
 // Every record is a multiple of 8 so ring-buffer records stay aligned for the u64 fields.
 const _: () = assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Path2Record>().is_multiple_of(8));

@@ -10,12 +10,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use palisade_common::{
-    OpenStash, Path2Record, PathRecord, CONFIG_OPEN_AT_EXIT, CONFIG_SLOTS, FLAG_HAS_RESULT,
-    FLAG_PATH2_TRUNCATED, FLAG_PATH_TRUNCATED, KIND_FILE_CHMOD, KIND_FILE_CHOWN, KIND_FILE_LINK,
-    KIND_FILE_OPEN, KIND_FILE_RENAME, KIND_FILE_UNLINK,
+    OpenStash, Path2Record, PathRecord, CONFIG_OPEN_AT_EXIT, CONFIG_SLOTS, FILTER_GATE_PATH,
+    FLAG_HAS_RESULT, FLAG_PATH2_TRUNCATED, FLAG_PATH_TRUNCATED, KIND_FILE_CHMOD, KIND_FILE_CHOWN,
+    KIND_FILE_LINK, KIND_FILE_OPEN, KIND_FILE_RENAME, KIND_FILE_UNLINK,
 };
 
-use crate::{begin, fill_header, read_user_str, reserve, submit};
+use crate::{fill_header, filter, read_user_str, reserve, submit};
 
 /// Runtime switches written by the loader (`CONFIG_*` indices).
 #[map]
@@ -40,18 +40,42 @@ pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
 }
 
-/// Emits a `PathRecord` with the user string at `path` and integers `a`.
+/// Emits a `PathRecord` with the user string at `path` and integers `a`, unless the filter
+/// drops it.
 #[inline(always)]
 pub(crate) fn emit_path(kind: u32, path: u64, a: [u64; 4]) {
-    emit_path_flags(kind, path, a, 0);
-}
-
-/// [`emit_path`] with extra header flags.
-#[inline(always)]
-fn emit_path_flags(kind: u32, path: u64, a: [u64; 4], flags: u32) {
-    let Some(pid_tgid) = begin(kind) else {
+    let Some(gate) = filter::start(kind) else {
         return;
     };
+    let mut scratch = None;
+    if !gate.pass {
+        if gate.word & FILTER_GATE_PATH == 0 {
+            filter::reject(kind);
+            return;
+        }
+        // No scratch slot (never happens) means the path cannot be checked: let it through.
+        if let Some(p) = filter::read_path(0, path) {
+            if !filter::path_hit(kind, p) {
+                filter::reject(kind);
+                return;
+            }
+            scratch = Some(p);
+        }
+    }
+    put_path(kind, gate.pid_tgid, path, scratch, a, 0);
+}
+
+/// Reserves and submits a `PathRecord` (no filtering): the path comes from `scratch` when the
+/// gate already read it, else from user memory.
+#[inline(always)]
+fn put_path(
+    kind: u32,
+    pid_tgid: u64,
+    path: u64,
+    scratch: Option<filter::ScratchPath>,
+    a: [u64; 4],
+    flags: u32,
+) {
     let Some(mut entry) = reserve::<PathRecord>(kind) else {
         return;
     };
@@ -60,27 +84,61 @@ fn emit_path_flags(kind: u32, path: u64, a: [u64; 4], flags: u32) {
     unsafe {
         fill_header(&raw mut (*r).hdr, kind, pid_tgid);
         (*r).arg = a;
-        (*r).hdr.flags |= flags | read_user_str(&raw mut (*r).path, path, FLAG_PATH_TRUNCATED);
+        let read = match scratch {
+            Some(p) => filter::copy_path(&raw mut (*r).path, p, FLAG_PATH_TRUNCATED),
+            None => read_user_str(&raw mut (*r).path, path, FLAG_PATH_TRUNCATED),
+        };
+        (*r).hdr.flags |= flags | read;
     }
     submit(entry, kind);
 }
 
-/// Emits a `Path2Record` with user strings `p1`, `p2` and (if non-zero) `short`.
+/// Emits a `Path2Record` with user strings `p1`, `p2` and (if non-zero) `short`, unless the
+/// filter drops it. `gated` says which paths the path gate looks at (bit 0 = `p1`, bit 1 =
+/// `p2`): the ones the host's subscription matching sees.
 #[inline(always)]
-pub(crate) fn emit_path2(kind: u32, p1: u64, p2: u64, short: u64, a: [u64; 4]) {
-    let Some(pid_tgid) = begin(kind) else {
+pub(crate) fn emit_path2(kind: u32, p1: u64, p2: u64, short: u64, a: [u64; 4], gated: u32) {
+    let Some(gate) = filter::start(kind) else {
         return;
     };
+    let (mut s1, mut s2) = (None, None);
+    if !gate.pass {
+        let mut hit = false;
+        if gate.word & FILTER_GATE_PATH != 0 {
+            if gated & 1 != 0 {
+                if let Some(p) = filter::read_path(0, p1) {
+                    hit |= filter::path_hit(kind, p);
+                    s1 = Some(p);
+                }
+            }
+            if gated & 2 != 0 {
+                if let Some(p) = filter::read_path(1, p2) {
+                    hit |= filter::path_hit(kind, p);
+                    s2 = Some(p);
+                }
+            }
+        }
+        if !hit {
+            filter::reject(kind);
+            return;
+        }
+    }
     let Some(mut entry) = reserve::<Path2Record>(kind) else {
         return;
     };
     let r = entry.as_mut_ptr();
     // SAFETY: `r` is the live reservation.
     unsafe {
-        fill_header(&raw mut (*r).hdr, kind, pid_tgid);
+        fill_header(&raw mut (*r).hdr, kind, gate.pid_tgid);
         (*r).arg = a;
-        (*r).hdr.flags |= read_user_str(&raw mut (*r).path, p1, FLAG_PATH_TRUNCATED);
-        (*r).hdr.flags |= read_user_str(&raw mut (*r).path2, p2, FLAG_PATH2_TRUNCATED);
+        (*r).hdr.flags |= match s1 {
+            Some(p) => filter::copy_path(&raw mut (*r).path, p, FLAG_PATH_TRUNCATED),
+            None => read_user_str(&raw mut (*r).path, p1, FLAG_PATH_TRUNCATED),
+        };
+        (*r).hdr.flags |= match s2 {
+            Some(p) => filter::copy_path(&raw mut (*r).path2, p, FLAG_PATH2_TRUNCATED),
+            None => read_user_str(&raw mut (*r).path2, p2, FLAG_PATH2_TRUNCATED),
+        };
         (*r).hdr.flags |= read_user_str(&raw mut (*r).short, short, 0);
     }
     submit(entry, kind);
@@ -134,7 +192,8 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Open entry: stash for the exit hook, or emit now when exit reporting is off.
+/// Open entry: filter, then stash for the exit hook (or emit now when exit reporting is off).
+/// A filtered open leaves no stash, so its exit hook ends at one failed lookup.
 #[inline(always)]
 fn open_enter(path: u64, flags: u64, mode: u64, dirfd: u64) {
     let at_exit = CONFIG.get(CONFIG_OPEN_AT_EXIT).copied().unwrap_or(0) != 0;
@@ -142,26 +201,46 @@ fn open_enter(path: u64, flags: u64, mode: u64, dirfd: u64) {
         emit_path(KIND_FILE_OPEN, path, [flags, mode, dirfd, 0]);
         return;
     }
-    let Some(pid_tgid) = begin(KIND_FILE_OPEN) else {
+    let Some(gate) = filter::start(KIND_FILE_OPEN) else {
         return;
     };
+    if !gate.pass {
+        let hit = gate.word & FILTER_GATE_PATH != 0
+            && filter::read_path(0, path).is_none_or(|p| filter::path_hit(KIND_FILE_OPEN, p));
+        if !hit {
+            filter::reject(KIND_FILE_OPEN);
+            return;
+        }
+    }
     let stash = OpenStash {
         path_ptr: path,
         flags,
         mode,
         dirfd,
     };
-    if OPEN_STASH.insert(&(pid_tgid as u32), &stash, 0).is_err() {
-        emit_path(KIND_FILE_OPEN, path, [flags, mode, dirfd, 0]);
+    if OPEN_STASH
+        .insert(&(gate.pid_tgid as u32), &stash, 0)
+        .is_err()
+    {
+        put_path(
+            KIND_FILE_OPEN,
+            gate.pid_tgid,
+            path,
+            None,
+            [flags, mode, dirfd, 0],
+            0,
+        );
     }
 }
 
-/// Open exit: emit the stashed open with its result. The path is read from user memory now;
-/// the caller's buffer is still live (the syscall has not returned to user space yet).
+/// Open exit: emit the stashed open with its result (it passed the filter at entry). The path
+/// is read from user memory now; the caller's buffer is still live (the syscall has not
+/// returned to user space yet).
 #[inline(always)]
 fn open_exit(ctx: &TracePointContext) {
     // SAFETY: helper without arguments.
-    let tid = unsafe { h::bpf_get_current_pid_tgid() } as u32;
+    let pid_tgid = unsafe { h::bpf_get_current_pid_tgid() };
+    let tid = pid_tgid as u32;
     let Some(stash) = OPEN_STASH.get_ptr(&tid) else {
         return;
     };
@@ -170,9 +249,11 @@ fn open_exit(ctx: &TracePointContext) {
     let _ = OPEN_STASH.remove(&tid);
     // SAFETY: sys_exit_* records carry `long ret` at offset 16.
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
-    emit_path_flags(
+    put_path(
         KIND_FILE_OPEN,
+        pid_tgid,
         stash.path_ptr,
+        None,
         [stash.flags, stash.mode, stash.dirfd, ret as u64],
         FLAG_HAS_RESULT,
     );
@@ -204,13 +285,13 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_rename")]
 pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    emit_path2(KIND_FILE_RENAME, arg(&ctx, 0), arg(&ctx, 1), 0, [0; 4]);
+    emit_path2(KIND_FILE_RENAME, arg(&ctx, 0), arg(&ctx, 1), 0, [0; 4], 3);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
 pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    emit_path2(KIND_FILE_RENAME, arg(&ctx, 1), arg(&ctx, 3), 0, [0; 4]);
+    emit_path2(KIND_FILE_RENAME, arg(&ctx, 1), arg(&ctx, 3), 0, [0; 4], 3);
     0
 }
 
@@ -222,6 +303,7 @@ pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
         arg(&ctx, 3),
         0,
         [arg(&ctx, 4), 0, 0, 0],
+        3,
     );
     0
 }
@@ -314,7 +396,7 @@ pub fn sys_enter_fchownat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_link")]
 pub fn sys_enter_link(ctx: TracePointContext) -> u32 {
-    emit_path2(KIND_FILE_LINK, arg(&ctx, 0), arg(&ctx, 1), 0, [0; 4]);
+    emit_path2(KIND_FILE_LINK, arg(&ctx, 0), arg(&ctx, 1), 0, [0; 4], 3);
     0
 }
 
@@ -326,18 +408,33 @@ pub fn sys_enter_linkat(ctx: TracePointContext) -> u32 {
         arg(&ctx, 3),
         0,
         [0, arg(&ctx, 4), 0, 0],
+        3,
     );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_symlink")]
 pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
-    emit_path2(KIND_FILE_LINK, arg(&ctx, 0), arg(&ctx, 1), 0, [1, 0, 0, 0]);
+    emit_path2(
+        KIND_FILE_LINK,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        0,
+        [1, 0, 0, 0],
+        3,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_symlinkat")]
 pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
-    emit_path2(KIND_FILE_LINK, arg(&ctx, 0), arg(&ctx, 2), 0, [1, 0, 0, 0]);
+    emit_path2(
+        KIND_FILE_LINK,
+        arg(&ctx, 0),
+        arg(&ctx, 2),
+        0,
+        [1, 0, 0, 0],
+        3,
+    );
     0
 }

@@ -11,6 +11,7 @@
 )]
 
 mod file;
+mod filter;
 mod net;
 mod process;
 mod system;
@@ -51,8 +52,9 @@ fn count(index: u32) {
     }
 }
 
-/// Starts an event of `kind` for the current task: `None` (counted as filtered) for the daemon
-/// itself, else the `pid_tgid` word.
+/// Starts an event of an ungated kind (exec, exit) for the current task: `None` (counted as
+/// filtered) for the daemon itself, else the `pid_tgid` word. Gated kinds use
+/// `filter::start`.
 #[inline(always)]
 fn begin(kind: u32) -> Option<u64> {
     // SAFETY: helper without arguments.

@@ -10,12 +10,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use palisade_common::{
-    AcceptStash, SockRecord, FLAG_READ_FAILED, FLAG_UNIX_ABSTRACT, KIND_NET_ACCEPT,
-    KIND_NET_CONNECT, KIND_NET_LISTEN, KIND_SOCKET,
+    AcceptStash, SockRecord, FILTER_GATE_PORT, FLAG_READ_FAILED, FLAG_UNIX_ABSTRACT,
+    KIND_NET_ACCEPT, KIND_NET_CONNECT, KIND_NET_LISTEN, KIND_SOCKET,
 };
 
 use crate::{
-    begin, file::arg, fill_header, process::emit_small, read_user_str, reserve, submit, DAEMON_TGID,
+    file::arg, fill_header, filter, process::emit_small, read_user_str, reserve, submit,
+    DAEMON_TGID,
 };
 
 const AF_UNIX: u16 = 1;
@@ -91,19 +92,36 @@ fn finish_accept(ctx: &TracePointContext) {
     emit_sockaddr(KIND_NET_ACCEPT, stash.addr_ptr, ret as i32);
 }
 
-/// Emits a `SockRecord` from a user `struct sockaddr` (family, port, IPv4/IPv6 address).
+/// Emits a `SockRecord` from a user `struct sockaddr` (family, port, IPv4/IPv6 address), unless
+/// the filter drops it. The sockaddr head is read before the reservation so the port gate can
+/// decide first; non-inet families pass it.
 #[inline(always)]
 fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
-    let Some(pid_tgid) = begin(kind) else {
+    let Some(gate) = filter::start(kind) else {
         return;
     };
+    // family (u16) and port (u16, network order) head every inet sockaddr.
+    let mut head: [u8; 4] = [0; 4];
+    // SAFETY: bounded copy of 4 user bytes onto the stack.
+    let read_ok = addr != 0
+        && unsafe { h::bpf_probe_read_user((&raw mut head).cast(), 4, addr as *const _) } >= 0;
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let port = u16::from_be_bytes([head[2], head[3]]);
+    if !gate.pass {
+        let inet = read_ok && (family == AF_INET || family == AF_INET6);
+        let hit = gate.word & FILTER_GATE_PORT != 0 && (!inet || filter::port_hit(kind, port));
+        if !hit {
+            filter::reject(kind);
+            return;
+        }
+    }
     let Some(mut entry) = reserve::<SockRecord>(kind) else {
         return;
     };
     let r = entry.as_mut_ptr();
     // SAFETY: `r` is the live reservation; user reads are bounded copies into its fields.
     unsafe {
-        fill_header(&raw mut (*r).hdr, kind, pid_tgid);
+        fill_header(&raw mut (*r).hdr, kind, gate.pid_tgid);
         (*r).fd = fd;
         (*r)._pad = 0;
         (*r).protocol = 0;
@@ -113,14 +131,11 @@ fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
         (*r).family = 0;
         (*r).dport = 0;
         (*r).unix_path[0] = 0;
-        // family (u16) and port (u16, network order) head every inet sockaddr.
-        let mut head: [u8; 4] = [0; 4];
-        if addr == 0 || h::bpf_probe_read_user((&raw mut head).cast(), 4, addr as *const _) < 0 {
+        if !read_ok {
             if addr != 0 {
                 (*r).hdr.flags |= FLAG_READ_FAILED;
             }
         } else {
-            let family = u16::from_ne_bytes([head[0], head[1]]);
             (*r).family = family;
             if family == AF_UNIX {
                 // sun_path at offset 2; an abstract name starts with NUL and is read from 3.
@@ -131,7 +146,7 @@ fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
                 };
                 (*r).hdr.flags |= flag | read_user_str(&raw mut (*r).unix_path, src, 0);
             } else if family == AF_INET || family == AF_INET6 {
-                (*r).dport = u16::from_be_bytes([head[2], head[3]]);
+                (*r).dport = port;
                 let (off, len) = if family == AF_INET { (4, 4) } else { (8, 16) };
                 if h::bpf_probe_read_user(
                     (*r).daddr.as_mut_ptr().cast(),
@@ -154,9 +169,18 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if newstate != TCP_LISTEN {
         return 0;
     }
-    let Some(pid_tgid) = begin(KIND_NET_LISTEN) else {
+    let Some(gate) = filter::start(KIND_NET_LISTEN) else {
         return 0;
     };
+    if !gate.pass {
+        // SAFETY: sport @24 of sock/inet_sock_set_state/format; the family is always inet.
+        let sport = unsafe { ctx.read_at::<u16>(24).unwrap_or(0) };
+        if gate.word & FILTER_GATE_PORT == 0 || !filter::port_hit(KIND_NET_LISTEN, sport) {
+            filter::reject(KIND_NET_LISTEN);
+            return 0;
+        }
+    }
+    let pid_tgid = gate.pid_tgid;
     let Some(mut entry) = reserve::<SockRecord>(KIND_NET_LISTEN) else {
         return 0;
     };

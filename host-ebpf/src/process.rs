@@ -15,7 +15,7 @@ use palisade_common::{
     FLAG_PATH_TRUNCATED, FLAG_READ_FAILED, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, PATH_LEN,
 };
 
-use crate::{begin, fill_header, reserve, submit, DAEMON_TGID};
+use crate::{begin, fill_header, filter, reserve, submit, DAEMON_TGID};
 
 /// argv captured at execve entry, keyed by the calling thread id; LRU so failed execs that never
 /// reach `sched_process_exec` age out instead of filling the map.
@@ -277,11 +277,24 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Emits a `SmallRecord` for the current task.
+/// Emits a `SmallRecord` for the current task, unless the filter drops it (exit is never
+/// filtered: the process cache needs it).
 #[inline(always)]
 pub(crate) fn emit_small(kind: u32, arg: [u64; 4]) {
-    let Some(pid_tgid) = begin(kind) else {
-        return;
+    let pid_tgid = if kind == KIND_EXIT {
+        let Some(pid_tgid) = begin(kind) else {
+            return;
+        };
+        pid_tgid
+    } else {
+        let Some(gate) = filter::start(kind) else {
+            return;
+        };
+        if !gate.pass {
+            filter::reject(kind);
+            return;
+        }
+        gate.pid_tgid
     };
     let Some(mut entry) = reserve::<SmallRecord>(kind) else {
         return;

@@ -122,6 +122,8 @@ pub fn sys_enter_mount(ctx: TracePointContext) -> u32 {
         arg(&ctx, 1),
         arg(&ctx, 2),
         [arg(&ctx, 3), 0, 0, 0],
+        // Only the target is a subscription path (`EventData::paths`).
+        2,
     );
     0
 }

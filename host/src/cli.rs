@@ -303,6 +303,7 @@ fn cmd_run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     // Whoever can write the plugin directory chooses what runs as root: refuse it.
     crate::pack::permissions::check_plugin_dir(&config.plugins.dir)?;
     let daemon = Daemon::build(config, replay)?;
+    source.attach(&daemon);
     daemon
         .restore_actions()
         .context("cannot restore persisted actions")?;

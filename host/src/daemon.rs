@@ -367,6 +367,11 @@ impl Daemon {
         })
     }
 
+    /// A sender for host alerts (written to the outputs like detector alerts).
+    pub fn host_alerts(&self) -> Sender<Alert> {
+        self.internal.0.clone()
+    }
+
     /// Attaches the state file in `actions.state_dir` to the broker and re-applies the held
     /// actions it lists (freezes, blocks; quarantined files are checked). Only `palisade run`
     /// does this: replays, checks and tests must not touch the host's persisted actions.

@@ -184,6 +184,14 @@ pub struct ActionLabels {
     pub result: LabelValue,
 }
 
+/// Kernel source counters per event kind: `outcome` is emitted, filtered (in the kernel),
+/// lost (ring full) or delivered (to the router).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KernelLabels {
+    pub kind: LabelValue,
+    pub outcome: LabelValue,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CapabilityLabels {
     pub plugin: LabelValue,
@@ -219,6 +227,7 @@ pub struct Metrics {
     pub capability_denied_total: Family<CapabilityLabels, Counter>,
     pub plugin_log_dropped_total: Family<PluginLabels, Counter>,
     pub plugin_alerts_truncated_total: Family<PluginLabels, Counter>,
+    pub kernel_events_total: Family<KernelLabels, Counter>,
     pub audit_errors_total: Counter,
     /// Distinct `alerts_total` label sets created so far (for [`MAX_ALERT_SERIES`]).
     alert_series: AtomicUsize,
@@ -251,6 +260,7 @@ impl Metrics {
         let capability_denied_total = Family::<CapabilityLabels, Counter>::default();
         let plugin_log_dropped_total = Family::<PluginLabels, Counter>::default();
         let plugin_alerts_truncated_total = Family::<PluginLabels, Counter>::default();
+        let kernel_events_total = Family::<KernelLabels, Counter>::default();
         let audit_errors_total = Counter::default();
 
         // Names are given without `_total`: prometheus-client appends it to counters.
@@ -329,6 +339,11 @@ impl Metrics {
             "Alerts dropped because a plugin returned more than its per-batch limit",
             plugin_alerts_truncated_total.clone(),
         );
+        registry.register(
+            "kernel_events",
+            "Kernel source events per kind: emitted, filtered in the kernel, lost, delivered",
+            kernel_events_total.clone(),
+        );
         let plugin_instances =
             Family::<PluginLabels, prometheus_client::metrics::gauge::Gauge>::default();
         registry.register(
@@ -360,6 +375,7 @@ impl Metrics {
             capability_denied_total,
             plugin_log_dropped_total,
             plugin_alerts_truncated_total,
+            kernel_events_total,
             audit_errors_total,
             alert_series: AtomicUsize::new(0),
         }
@@ -621,6 +637,25 @@ impl Metrics {
         self.plugin_log_dropped_total
             .get(&PluginLabels {
                 plugin: plugin.into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Adds `n` to the kernel source counter of `kind` and `outcome`.
+    pub fn kernel_events(&self, kind: &str, outcome: &str, n: u64) {
+        self.kernel_events_total
+            .get_or_create(&KernelLabels {
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn kernel_events_of(&self, kind: &str, outcome: &str) -> u64 {
+        self.kernel_events_total
+            .get(&KernelLabels {
+                kind: kind.into(),
+                outcome: outcome.into(),
             })
             .map_or(0, |c| c.get())
     }

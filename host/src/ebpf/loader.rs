@@ -3,7 +3,7 @@
 //! cannot load or attach (missing tracepoint, verifier refusal) is skipped, never fatal; only
 //! "nothing attached at all" is an error.
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use palisade_common as abi;
@@ -103,6 +103,8 @@ pub struct LoadOptions {
     pub daemon_tgid: u32,
     /// Report opens at syscall exit with their result (when every exit hook attaches).
     pub open_results: bool,
+    /// Programs left unattached on purpose.
+    pub skip_probes: &'static [&'static str],
 }
 
 /// A loaded, attached object and the maps the reader needs.
@@ -111,6 +113,8 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// The in-kernel filter maps (all passing at load).
+    pub filter: super::filter::FilterMaps,
     pub attached: Vec<&'static str>,
     pub failed: Vec<(&'static str, String)>,
 }
@@ -130,6 +134,9 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
     let mut attached = Vec::new();
     let mut failed = Vec::new();
     for probe in PROBES {
+        if opts.skip_probes.contains(&probe.program) {
+            continue;
+        }
         match attach(&mut ebpf, probe) {
             Ok(()) => attached.push(probe.program),
             Err(reason) => failed.push((probe.program, reason)),
@@ -182,12 +189,34 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
                 source: Box::new(source),
             })
         })?;
+    let filter = super::filter::FilterMaps {
+        words: take(&mut ebpf, abi::MAP_FILTER, Array::try_from)?,
+        paths: take(&mut ebpf, abi::MAP_FILTER_PATHS, LpmTrie::try_from)?,
+        comms: take(&mut ebpf, abi::MAP_FILTER_COMMS, HashMap::try_from)?,
+        ports: take(&mut ebpf, abi::MAP_FILTER_PORTS, Array::try_from)?,
+    };
     Ok(Loaded {
         ebpf,
         ring,
         counters,
+        filter,
         attached,
         failed,
+    })
+}
+
+/// Takes map `name` out of the object as the typed map `convert` makes of it.
+fn take<M>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<M, aya::maps::MapError>,
+) -> Result<M, EbpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::MissingMap { map: name })?;
+    convert(map).map_err(|source| EbpfError::Map {
+        map: name,
+        source: Box::new(source),
     })
 }
 

@@ -20,11 +20,15 @@ use crate::event::source::{
 use crate::event::EventKind;
 
 pub mod decode;
+pub mod drops;
+pub mod filter;
 pub mod loader;
 pub mod procs;
 mod reader;
 
 pub use decode::{decode, Clock, DecodeError};
+pub use drops::{DropWatch, DropWatchSettings};
+pub use filter::{FilterPlan, KernelFilter};
 pub use loader::{Probe, PROBES};
 pub use procs::ProcessCache;
 
@@ -80,6 +84,9 @@ pub struct EbpfConfig {
     /// Report file opens at syscall exit with their result (fd or -errno). Costs a second
     /// tracepoint and a hash stash per open (see docs/performance.md); off reports at entry.
     pub open_results: bool,
+    /// Programs not to attach (by name). For measurements: detaching the programs of an
+    /// unsubscribed kind versus keeping them attached behind the filter word.
+    pub skip_probes: &'static [&'static str],
 }
 
 impl Default for EbpfConfig {
@@ -90,6 +97,7 @@ impl Default for EbpfConfig {
             poll_ms: 10,
             process_capacity: procs::DEFAULT_CAPACITY,
             open_results: true,
+            skip_probes: &[],
         }
     }
 }
@@ -123,6 +131,8 @@ pub struct EbpfStats {
     pub delivered: AtomicU64,
     /// The daemon's own fork records, used for the process cache and not delivered.
     pub own_dropped: AtomicU64,
+    /// Events handed to the sink, per kind (index = `EventKind as usize`).
+    pub delivered_by_kind: [AtomicU64; abi::KIND_COUNT as usize],
 }
 
 /// Kernel-side counters summed over CPUs, per kind (index = `EventKind as usize`).
@@ -132,7 +142,8 @@ pub struct KernelCounters {
     pub emitted: Vec<u64>,
     /// Ring reservation failures: events lost in the kernel.
     pub lost: Vec<u64>,
-    /// Events dropped on purpose in the kernel (the daemon's own activity).
+    /// Events dropped on purpose in the kernel (no subscription could match them, or the
+    /// daemon's own activity).
     pub filtered: Vec<u64>,
 }
 
@@ -208,6 +219,9 @@ pub struct EbpfSource {
     attached: Vec<&'static str>,
     failed: Vec<(&'static str, String)>,
     counters: CountersHandle,
+    filter: KernelFilter,
+    /// Set by [`EbpfSource::follow`]: loss accounting and the drop alert.
+    watch: Option<DropWatch>,
     procs: ProcessCache,
     clock: Clock,
     config: EbpfConfig,
@@ -223,6 +237,7 @@ impl EbpfSource {
             ebpf,
             ring,
             counters,
+            filter,
             attached,
             failed,
         } = loader::load(loader::LoadOptions {
@@ -231,6 +246,7 @@ impl EbpfSource {
             wakeup_bytes: config.wakeup_bytes.min(u64::from(config.ring_bytes / 4)),
             daemon_tgid: std::process::id(),
             open_results: config.open_results,
+            skip_probes: config.skip_probes,
         })?;
         let clock = Clock::now();
         let mut procs = ProcessCache::seeded(config.process_capacity);
@@ -241,6 +257,8 @@ impl EbpfSource {
             attached,
             failed,
             counters: CountersHandle(Arc::new(counters)),
+            filter: KernelFilter::new(filter),
+            watch: None,
             procs,
             clock,
             config,
@@ -272,6 +290,33 @@ impl EbpfSource {
     pub fn cached_processes(&self) -> usize {
         self.procs.len()
     }
+
+    /// The in-kernel filter (passes everything until written).
+    pub fn filter(&self) -> KernelFilter {
+        self.filter.clone()
+    }
+
+    /// Hooks the source to a daemon: the kernel filter follows `registry`'s subscriptions
+    /// (now, and live on every load, swap and unload), and losses are mirrored into `metrics`
+    /// and reported as `palisade.events_dropped` alerts on `alerts`.
+    pub fn follow(
+        &mut self,
+        registry: &crate::plugin::registry::Registry,
+        alerts: crossbeam_channel::Sender<crate::alert::Alert>,
+        hostname: String,
+        settings: DropWatchSettings,
+    ) {
+        let filter = self.filter.clone();
+        registry.on_publish(Box::new(move |set| filter.follow(set)));
+        self.watch = Some(DropWatch::new(
+            self.counters.clone(),
+            Arc::clone(&self.stats),
+            Arc::clone(registry.metrics()),
+            alerts,
+            hostname,
+            settings,
+        ));
+    }
 }
 
 impl EventSource for EbpfSource {
@@ -283,6 +328,15 @@ impl EventSource for EbpfSource {
         Delivery::NeverBlock
     }
 
+    fn attach(&mut self, daemon: &crate::daemon::Daemon) {
+        self.follow(
+            &daemon.registry,
+            daemon.host_alerts(),
+            daemon.hostname.clone(),
+            DropWatchSettings::default(),
+        );
+    }
+
     fn run(&mut self, sink: &dyn EventSink, stop: &StopFlag) -> Result<SourceSummary, SourceError> {
         let mut reader = reader::Reader {
             ring: &mut self.ring,
@@ -291,6 +345,7 @@ impl EventSource for EbpfSource {
             poll_ms: self.config.poll_ms as i32,
             stats: &self.stats,
             own_pid: std::process::id(),
+            watch: self.watch.as_mut(),
         };
         let events = reader.run(sink, stop);
         let counters = self.counters.read();

@@ -24,6 +24,8 @@ pub(super) struct Reader<'a> {
     pub stats: &'a EbpfStats,
     /// The daemon's tgid (its forks reach userspace, see `drain`).
     pub own_pid: u32,
+    /// Loss accounting, checked between drains.
+    pub watch: Option<&'a mut super::DropWatch>,
 }
 
 impl Reader<'_> {
@@ -33,9 +35,16 @@ impl Reader<'_> {
         while !stop.is_stopped() {
             wait_readable(self.ring.as_raw_fd(), self.poll_ms);
             delivered += self.drain(sink);
+            if let Some(watch) = self.watch.as_deref_mut() {
+                watch.tick();
+            }
         }
         // Whatever arrived before stop was set.
-        delivered + self.drain(sink)
+        delivered += self.drain(sink);
+        if let Some(watch) = self.watch.as_deref_mut() {
+            watch.finish();
+        }
+        delivered
     }
 
     fn drain(&mut self, sink: &dyn EventSink) -> u64 {
@@ -51,6 +60,9 @@ impl Reader<'_> {
                     if event.process.pid == self.own_pid {
                         self.stats.own_dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
+                    }
+                    if let Some(n) = self.stats.delivered_by_kind.get(event.kind() as usize) {
+                        n.fetch_add(1, Ordering::Relaxed);
                     }
                     sink.submit(event, Delivery::NeverBlock);
                     delivered += 1;

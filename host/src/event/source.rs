@@ -50,6 +50,10 @@ pub trait EventSource: Send {
     fn name(&self) -> &str;
     /// How this source wants a full queue handled.
     fn delivery(&self) -> Delivery;
+    /// Hooks the source to the daemon once it is built, before plugins load: the kernel source
+    /// makes its in-kernel filter follow the plugins' subscriptions and reports its drops.
+    /// Nothing to do for other sources.
+    fn attach(&mut self, _daemon: &crate::daemon::Daemon) {}
     /// Produces events into `sink` until the end of input or `stop`.
     fn run(&mut self, sink: &dyn EventSink, stop: &StopFlag) -> Result<SourceSummary, SourceError>;
 }

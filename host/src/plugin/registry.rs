@@ -170,7 +170,12 @@ pub struct Registry {
     settings: RegistrySettings,
     current: ArcSwap<PluginSet>,
     inner: Mutex<Inner>,
+    /// Called with every published set, in publish order (see `on_publish`).
+    listeners: Mutex<Vec<PublishListener>>,
 }
+
+/// Observer of published plugin sets (the kernel source's filter follows them).
+pub type PublishListener = Box<dyn Fn(&PluginSet) + Send + Sync>;
 
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -191,7 +196,19 @@ impl Registry {
                 states: HashMap::new(),
                 next_generation: 1,
             }),
+            listeners: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Calls `listener` with the current set now and with every set published later, in
+    /// order (under the registry lock, so it never sees an older set after a newer one).
+    pub fn on_publish(&self, listener: PublishListener) {
+        let _inner = self.lock();
+        listener(&self.current.load());
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     pub fn engine(&self) -> &Arc<PluginEngine> {
@@ -279,7 +296,11 @@ impl Registry {
                 PluginKind::Responder => set.responders.push(plugin),
             }
         }
-        self.current.store(Arc::new(set));
+        let set = Arc::new(set);
+        self.current.store(Arc::clone(&set));
+        for listener in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            listener(&set);
+        }
     }
 
     fn state_for(&self, name: &str) -> Arc<StateStore> {
