@@ -5,7 +5,8 @@
 //!
 //! The eBPF reader must never block, so the sink only hands events to a bounded queue; a writer
 //! thread serialises and writes them. If the disk cannot keep up, the queue overflows and the
-//! loss is counted and reported, never silent.
+//! loss is counted and reported, never silent. `--kinds` narrows the kernel programs through the
+//! in-kernel filter, so unwanted kinds never reach userspace.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -48,6 +49,9 @@ pub enum RecordError {
     },
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[cfg(feature = "ebpf")]
+    #[error("cannot narrow the kernel programs to --kinds: {0}")]
+    Filter(#[from] crate::ebpf::filter::FilterError),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -297,6 +301,17 @@ pub fn record(
     Preflight::system().check()?;
     let mut source = crate::ebpf::EbpfSource::load(crate::ebpf::EbpfConfig::default())
         .map_err(SourceError::from)?;
+    if let Some(kinds) = options.kinds {
+        // Kinds not asked for stay in the kernel (the lifecycle kinds always come up: the
+        // process cache needs them; the sink drops them when not asked for).
+        let wanted = crate::plugin::subscription::Subscription {
+            kinds,
+            ..Default::default()
+        };
+        source
+            .filter()
+            .apply(&crate::ebpf::FilterPlan::from_subscriptions([&wanted]))?;
+    }
     let file = EventFile::create(&options.output, options.kinds)?;
     let sink = file.sink();
     let reader_stop = stop.clone();
