@@ -10,10 +10,6 @@
     clippy::expect_used,
     reason = "test code panics on failure"
 )]
-#![expect(
-    clippy::print_stdout,
-    reason = "the benchmark helper reports its count on stdout"
-)]
 
 mod support;
 
@@ -23,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade::ebpf::{EbpfConfig, EbpfSource};
+use palisade::ebpf::{EbpfConfig, EbpfSource, FilterPlan};
 use palisade::event::source::{Delivery, EventSink, EventSource, StopFlag};
-use palisade::event::{Event, EventKind};
+use palisade::event::{Event, EventData, EventKind};
+use palisade::plugin::subscription::Subscription;
 use support::{test_plugin, Harness};
 
 const ROOT: &str = "/tmp/palisade-kfilter";
@@ -483,4 +480,153 @@ fn bench_filtered_open_overhead() {
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         json.join(",")
     ));
+}
+
+/// Keeps every event, for the gate test.
+#[derive(Default)]
+struct Collector(Mutex<Vec<Event>>);
+
+impl EventSink for Collector {
+    fn submit(&self, event: Event, _delivery: Delivery) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Collector {
+    fn any(&self, pred: &dyn Fn(&Event) -> bool) -> bool {
+        self.0.lock().unwrap().iter().any(pred)
+    }
+
+    fn wait(&self, what: &str, pred: &dyn Fn(&Event) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !self.any(pred) {
+            assert!(Instant::now() < deadline, "no {what} event within 3 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn sh(script: &str) {
+    let status = Command::new("/bin/sh")
+        .args(["-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// The kernel programs' gates on real syscalls, with a plan written straight into the maps:
+/// rename's path gate looks at both paths and always passes relative ones, connect's port
+/// gate, chmod's comm gate.
+#[test]
+fn kernel_gates_follow_the_plan() {
+    if skip("kernel_gates_follow_the_plan") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gates = format!("{ROOT}/gates");
+    let (inside, outside) = (format!("{gates}/in"), format!("{gates}/out"));
+    let _ = std::fs::remove_dir_all(&gates);
+    std::fs::create_dir_all(&inside).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy("/bin/chmod", format!("{gates}/kf-chmod")).unwrap();
+    let yes = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let no = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (port_yes, port_no) = (
+        yes.local_addr().unwrap().port(),
+        no.local_addr().unwrap().port(),
+    );
+
+    let mut source = EbpfSource::load(EbpfConfig::default()).unwrap();
+    let counters = source.counters();
+    let subs = [
+        Subscription {
+            kinds: [EventKind::FileRename].into_iter().collect(),
+            path_prefixes: vec![format!("{inside}/")],
+            ..Subscription::default()
+        },
+        Subscription {
+            kinds: [EventKind::NetConnect].into_iter().collect(),
+            ports: vec![port_yes],
+            ..Subscription::default()
+        },
+        Subscription {
+            kinds: [EventKind::FileChmod].into_iter().collect(),
+            comms: vec!["kf-chmod".into()],
+            ..Subscription::default()
+        },
+    ];
+    source
+        .filter()
+        .apply(&FilterPlan::from_subscriptions(&subs))
+        .unwrap();
+    let events = Arc::new(Collector::default());
+    let stop = StopFlag::default();
+    let reader = {
+        let (events, stop) = (events.clone(), stop.clone());
+        std::thread::spawn(move || source.run(&*events, &stop).unwrap())
+    };
+    let k0 = counters.read();
+    sh(&format!(
+        "touch {outside}/a {outside}/c && mv {outside}/a {inside}/a2 && mv {outside}/c {outside}/d \
+         && cd {outside} && mv d e && {gates}/kf-chmod 600 {outside}/e && chmod 644 {outside}/e"
+    ));
+    for port in [port_yes, port_no] {
+        let status = Command::new("/bin/bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let rename = |from: String, to: String| {
+        move |e: &Event| {
+            e.data
+                == EventData::FileRename {
+                    from: from.clone(),
+                    to: to.clone(),
+                }
+        }
+    };
+    let connect =
+        |port: u16| move |e: &Event| matches!(&e.data, EventData::NetConnect(c) if c.dport == port);
+    let chmod_by = |comm: &'static str| {
+        let path = format!("{outside}/e");
+        move |e: &Event| {
+            e.process.comm == comm
+                && matches!(&e.data, EventData::FileChmod { path: p, .. } if *p == path)
+        }
+    };
+    events.wait(
+        "rename into the subscribed prefix",
+        &rename(format!("{outside}/a"), format!("{inside}/a2")),
+    );
+    events.wait("relative rename", &rename("d".into(), "e".into()));
+    events.wait("connect to the subscribed port", &connect(port_yes));
+    events.wait("chmod by the subscribed comm", &chmod_by("kf-chmod"));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.stop();
+    reader.join().unwrap();
+    assert!(
+        !events.any(&rename(format!("{outside}/c"), format!("{outside}/d"))),
+        "a rename outside the prefix reached userspace"
+    );
+    assert!(
+        !events.any(&connect(port_no)),
+        "a connect to another port reached userspace"
+    );
+    assert!(
+        !events.any(&chmod_by("chmod")),
+        "a chmod by another comm reached userspace"
+    );
+    let k1 = counters.read();
+    for kind in [
+        EventKind::FileRename,
+        EventKind::NetConnect,
+        EventKind::FileChmod,
+    ] {
+        assert!(
+            k1.filtered_of(kind) > k0.filtered_of(kind),
+            "{kind:?}: nothing filtered in the kernel"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&gates);
 }
