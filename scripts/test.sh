@@ -12,6 +12,10 @@ mkdir -p target
 cargo xtask build-plugins
 cargo test --no-fail-fast 2>&1 | tee -a "$log"
 cargo xtask test-plugins 2>&1 | tee -a "$log"
+# C/Python/JS plugins and scaffolds through the release binary (a debug wasmtime compiles the
+# Python/JS interpreters too slowly); a no-op build when quickstart already built it.
+cargo build --release -p palisade-host
+cargo xtask test-polyglot
 cargo fmt --all -- --check
 # Daemon and library code is held to -D warnings; tests may unwrap.
 cargo clippy -p palisade-host -p palisade-sdk -p palisade-xtask -p palisade-common --lib --bins -- -D warnings

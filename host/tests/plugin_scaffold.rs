@@ -1,7 +1,8 @@
 //! `palisade plugin new` + `palisade plugin build` for Rust: a scaffolded detector and
 //! responder build into components the registry accepts, the detector's fixtures give the
 //! expected alerts through the real pipeline, and the projects' own native tests pass out of
-//! the box. Other languages are refused with a clear message.
+//! the box. The C scaffold builds and passes its own fixtures too (Python and JavaScript:
+//! `cargo xtask test-polyglot`); responders in those languages are refused with a clear message.
 
 #![expect(
     clippy::unwrap_used,
@@ -194,13 +195,59 @@ fn rust_responder_scaffold_builds_and_tests() {
 }
 
 #[test]
-fn other_languages_and_bad_names_are_refused_clearly() {
+fn c_detector_scaffold_builds_and_its_fixtures_pass() {
+    // Python and JavaScript scaffolds are checked the same way by `cargo xtask test-polyglot`
+    // (release binary): a debug wasmtime takes minutes to compile their 12-18 MB interpreters.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("my-c-detector");
+    let files = new_project(&NewOptions {
+        name: "my-c-detector".into(),
+        lang: Lang::C,
+        kind: PluginKind::Detector,
+        dir: dir.clone(),
+        sdk_path: default_sdk_path(),
+    })
+    .unwrap();
+    for f in [
+        "palisade-plugin.toml",
+        "src/plugin.c",
+        "src/palisade.h",
+        "my-c-detector.toml",
+    ] {
+        assert!(files.iter().any(|p| p == Path::new(f)), "{f} in {files:?}");
+    }
+    let built = build(&dir);
+    assert_eq!(built.wasm, dir.join("dist/my-c-detector.wasm"));
+    assert!(built.sidecar.is_some());
+    let options = palisade::plugin::testing::ReplayOptions {
+        cache_dir: Some(support::cache_dir()),
+    };
+    for kind in ["positive", "negative"] {
+        let outcome = palisade::plugin::testing::run_test(
+            &built.wasm,
+            &dir.join(format!("fixtures/{kind}.jsonl")),
+            &dir.join(format!("fixtures/{kind}.expected.json")),
+            false,
+            &options,
+        )
+        .unwrap();
+        match outcome {
+            palisade::plugin::testing::Outcome::Passed { alerts } => {
+                assert_eq!(alerts, if kind == "positive" { 2 } else { 0 }, "{kind}")
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unsupported_kinds_and_bad_names_are_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     for lang in [Lang::C, Lang::Python, Lang::Js] {
         let err = new_project(&NewOptions {
             name: "x".into(),
             lang,
-            kind: PluginKind::Detector,
+            kind: PluginKind::Responder,
             dir: tmp.path().join("x"),
             sdk_path: default_sdk_path(),
         })
@@ -223,7 +270,16 @@ fn other_languages_and_bad_names_are_refused_clearly() {
     assert!(matches!(err, ScaffoldError::BadName { .. }), "{err}");
     // Through the binary: the exit status and message a user sees.
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["plugin", "new", "z", "--lang", "python", "-o"])
+        .args([
+            "plugin",
+            "new",
+            "z",
+            "--lang",
+            "python",
+            "--kind",
+            "responder",
+            "-o",
+        ])
         .arg(tmp.path().join("z"))
         .output()
         .unwrap();

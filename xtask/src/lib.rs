@@ -375,6 +375,172 @@ pub fn write_if_changed(dest: &Path, bytes: &[u8]) -> Result<bool> {
     result.map(|()| true)
 }
 
+/// The C, Python and JavaScript plugin projects under `plugins/polyglot/`, sorted.
+pub fn polyglot_projects(root: &Path) -> Result<Vec<PathBuf>> {
+    let parent = root.join("plugins/polyglot");
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(&parent).with_context(|| format!("listing {}", parent.display()))? {
+        let dir = entry
+            .with_context(|| format!("listing {}", parent.display()))?
+            .path();
+        if dir.join("palisade-plugin.toml").is_file() {
+            dirs.push(dir);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The release `palisade` binary the polyglot tasks drive (`$PALISADE_BIN` overrides).
+fn palisade_bin(root: &Path) -> Result<PathBuf> {
+    let bin = std::env::var_os("PALISADE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/palisade"));
+    if !bin.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release -p palisade-host` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn run_palisade(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let line = args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let status = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running palisade {line}"))?;
+    if !status.success() {
+        bail!("`palisade {line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds one polyglot project with `palisade plugin build` into `out_dir`, intermediates in
+/// `build_dir` (whose stamp makes an unchanged rebuild instant). Returns the component.
+fn build_polyglot_project(
+    bin: &Path,
+    dir: &Path,
+    out_dir: &Path,
+    build_dir: &Path,
+) -> Result<PathBuf> {
+    run_palisade(
+        bin,
+        &[
+            "plugin".as_ref(),
+            "build".as_ref(),
+            dir.as_os_str(),
+            "--out-dir".as_ref(),
+            out_dir.as_os_str(),
+            "--build-dir".as_ref(),
+            build_dir.as_os_str(),
+        ],
+    )?;
+    let name = dir
+        .file_name()
+        .context("project dir has no name")?
+        .to_string_lossy()
+        .into_owned();
+    Ok(out_dir.join(format!("{name}.wasm")))
+}
+
+/// `cargo xtask build-polyglot`: builds every `plugins/polyglot/` project into
+/// `target/polyglot-plugins/` (kept apart from `target/plugins/`: 12-18 MB interpreters the
+/// demo and the Rust pack's tests should not load). Returns the components.
+pub fn build_polyglot(root: &Path) -> Result<Vec<PathBuf>> {
+    let bin = palisade_bin(root)?;
+    let out_dir = root.join("target/polyglot-plugins");
+    polyglot_projects(root)?
+        .iter()
+        .map(|dir| {
+            let name = dir.file_name().unwrap_or_default();
+            build_polyglot_project(
+                &bin,
+                dir,
+                &out_dir,
+                &root.join("target/polyglot").join(name),
+            )
+        })
+        .collect()
+}
+
+/// `cargo xtask test-polyglot`: builds the polyglot plugins and replays each one's positive and
+/// negative fixtures against its golden file with `palisade plugin test` (`--bless` with
+/// `BLESS=1`); then scaffolds a detector in C, Python and JavaScript with `palisade plugin
+/// new`, builds it and runs the scaffold's own fixtures, which must pass out of the box.
+pub fn test_polyglot(root: &Path) -> Result<()> {
+    let bin = palisade_bin(root)?;
+    let bless = std::env::var_os("BLESS").is_some();
+    let test = |wasm: &Path, fixtures: &Path, bless: bool| -> Result<()> {
+        for kind in ["positive", "negative"] {
+            let events = fixtures.join(format!("{kind}.jsonl"));
+            let expect = fixtures.join(format!("{kind}.expected.json"));
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "plugin".as_ref(),
+                "test".as_ref(),
+                wasm.as_os_str(),
+                "--events".as_ref(),
+                events.as_os_str(),
+                "--expect".as_ref(),
+                expect.as_os_str(),
+            ];
+            if bless {
+                args.push("--bless".as_ref());
+            }
+            run_palisade(&bin, &args)?;
+        }
+        Ok(())
+    };
+    let mut failures = Vec::new();
+    for (dir, wasm) in polyglot_projects(root)?.iter().zip(build_polyglot(root)?) {
+        if let Err(e) = test(&wasm, &dir.join("fixtures"), bless) {
+            failures.push(format!("{}: {e:#}", dir.display()));
+        }
+    }
+    let scratch = root.join("target/polyglot-scaffold");
+    for lang in ["c", "python", "js"] {
+        let name = format!("scaffold-{lang}");
+        let dir = scratch.join("projects").join(&name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        let result = run_palisade(
+            &bin,
+            &[
+                "plugin".as_ref(),
+                "new".as_ref(),
+                name.as_ref(),
+                "--lang".as_ref(),
+                lang.as_ref(),
+                "-o".as_ref(),
+                dir.as_os_str(),
+            ],
+        )
+        .and_then(|()| {
+            build_polyglot_project(
+                &bin,
+                &dir,
+                &dir.join("dist"),
+                &scratch.join("build").join(&name),
+            )
+        })
+        .and_then(|wasm| test(&wasm, &dir.join("fixtures"), false));
+        if let Err(e) = result {
+            failures.push(format!("scaffold --lang {lang}: {e:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("polyglot plugin tests failed:\n{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

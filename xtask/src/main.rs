@@ -16,6 +16,10 @@ tasks:
   build-plugins [--debug]   build plugins/ and tests/plugins/ for wasm32-wasip2 and collect the
                             components (+ sidecars) into target/plugins/ and target/test-plugins/
   test-plugins              run the guests' native unit tests (cargo test in each guest workspace)
+  build-polyglot            build the C/Python/JS plugins of plugins/polyglot/ into
+                            target/polyglot-plugins/ (needs target/release/palisade)
+  test-polyglot             build-polyglot, replay their fixtures against their golden files
+                            (BLESS=1 rewrites them), and check the C/Python/JS scaffolds
   help                      this text
 ";
 
@@ -55,6 +59,19 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         Some("test-plugins") => test_plugins(&root),
+        Some("build-polyglot") => {
+            for wasm in xtask::build_polyglot(&root)? {
+                eprintln!("  {}", wasm.display());
+            }
+            Ok(())
+        }
+        Some("test-polyglot") => {
+            xtask::test_polyglot(&root)?;
+            eprintln!(
+                "test-polyglot: every polyglot plugin and scaffold matches its golden alerts"
+            );
+            Ok(())
+        }
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");
             Ok(())

@@ -50,6 +50,12 @@ pub struct NewArgs {
 pub struct BuildArgs {
     /// The plugin project directory.
     pub dir: PathBuf,
+    /// C/Python/JS projects: where <name>.wasm and its sidecar go (default DIR/dist).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// C/Python/JS projects: intermediate files and the build stamp (default DIR/build).
+    #[arg(long)]
+    pub build_dir: Option<PathBuf>,
 }
 
 /// Where installed packs live: --plugins, else the configuration's plugins.dir.
@@ -154,17 +160,40 @@ pub fn cmd_plugin_new(args: &NewArgs) -> Result<ExitCode> {
     for f in files {
         out.push_str(&format!("  {}\n", f.display()));
     }
-    out.push_str(&format!(
-        "next: `cd {d} && cargo test` (native unit tests), then `palisade plugin build {d}`\n",
-        d = dir.display()
-    ));
+    out.push_str(&if opts.lang == Lang::Rust {
+        format!(
+            "next: `cd {d} && cargo test` (native unit tests), then `palisade plugin build {d}`\n",
+            d = dir.display()
+        )
+    } else {
+        format!(
+            "next: `palisade plugin build {d}`, then `palisade plugin test {d}/dist/{n}.wasm --events {d}/fixtures/positive.jsonl --expect {d}/fixtures/positive.expected.json`\n",
+            d = dir.display(),
+            n = opts.name
+        )
+    });
     write_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `palisade plugin build`.
 pub fn cmd_plugin_build(args: &BuildArgs) -> Result<ExitCode> {
-    let built = scaffold::build_project(&args.dir)?;
+    let built = if args.dir.join(super::polyglot::PROJECT_FILE).is_file() {
+        let b = super::polyglot::build(
+            &args.dir,
+            &super::polyglot::BuildOptions {
+                build_dir: args.build_dir.clone(),
+                out_dir: args.out_dir.clone(),
+                wit_dir: None,
+            },
+        )?;
+        scaffold::Built {
+            wasm: b.wasm,
+            sidecar: b.sidecar,
+        }
+    } else {
+        scaffold::build_project(&args.dir)?
+    };
     let mut out = format!("built {}\n", built.wasm.display());
     if let Some(sidecar) = &built.sidecar {
         out.push_str(&format!("sidecar {}\n", sidecar.display()));

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod install;
 pub mod manifest;
 pub mod permissions;
+pub mod polyglot;
 pub mod scaffold;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! Plugin projects: `palisade plugin new` writes a standalone plugin project from the templates
 //! in host/templates/ (embedded at compile time), and `palisade plugin build` builds one into a
-//! component plus sidecar in `DIR/dist/`. Rust only for now; other languages say so.
+//! component plus sidecar in `DIR/dist/`. Rust projects are cargo crates; C, Python and
+//! JavaScript projects (a `palisade-plugin.toml` project file) are written and built by
+//! [`super::polyglot`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,8 +39,13 @@ pub fn default_sdk_path() -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
-    #[error("--lang {lang}: not supported yet by `palisade plugin new` (only rust is); see docs/plugin-authoring.md for building {lang} plugins by hand")]
-    UnsupportedLang { lang: &'static str },
+    #[error("--lang {lang} --kind {kind}: not supported yet by `palisade plugin new` (only rust scaffolds responders); see docs/plugin-authoring.md")]
+    UnsupportedLang {
+        lang: &'static str,
+        kind: &'static str,
+    },
+    #[error(transparent)]
+    Polyglot(#[from] super::polyglot::PolyglotError),
     #[error("plugin name {name:?}: use lower-case letters, digits and '-' (starting with a letter, at most 64)")]
     BadName { name: String },
     #[error("{dir}: already exists and is not empty; choose another -o DIR")]
@@ -47,7 +54,7 @@ pub enum ScaffoldError {
     Write { path: PathBuf, reason: String },
     #[error("{path}: cannot read: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("{dir}: not a plugin project (no Cargo.toml with a [package] name)")]
+    #[error("{dir}: not a plugin project (no Cargo.toml with a [package] name, nor a palisade-plugin.toml)")]
     NotAProject { dir: PathBuf },
     #[error("{dir}: `{command}` failed ({status}):\n{stderr}")]
     Build {
@@ -106,9 +113,10 @@ fn render(template: &str, vars: &[(&str, &str)]) -> String {
 
 /// Writes a new plugin project; returns the files written (relative to the project dir).
 pub fn new_project(opts: &NewOptions) -> Result<Vec<PathBuf>, ScaffoldError> {
-    if opts.lang != Lang::Rust {
+    if opts.lang != Lang::Rust && opts.kind != PluginKind::Detector {
         return Err(ScaffoldError::UnsupportedLang {
             lang: opts.lang.as_str(),
+            kind: opts.kind.as_str(),
         });
     }
     if !is_valid_name(&opts.name) {
@@ -136,11 +144,17 @@ pub fn new_project(opts: &NewOptions) -> Result<Vec<PathBuf>, ScaffoldError> {
         ("sdk_path", sdk.as_str()),
     ];
     let sidecar = format!("{}.toml", opts.name);
-    let mut files: Vec<(PathBuf, &str)> = vec![
-        ("Cargo.toml".into(), CARGO_TOML),
-        (".gitignore".into(), GITIGNORE),
-    ];
+    let mut files: Vec<(PathBuf, &str)> = match opts.lang {
+        Lang::Rust => vec![
+            ("Cargo.toml".into(), CARGO_TOML),
+            (".gitignore".into(), GITIGNORE),
+        ],
+        Lang::C | Lang::Python | Lang::Js => {
+            super::polyglot::detector_templates(opts.lang, &opts.name)
+        }
+    };
     match opts.kind {
+        _ if opts.lang != Lang::Rust => {}
         PluginKind::Detector => files.extend([
             (PathBuf::from("src/lib.rs"), DETECTOR_LIB),
             (PathBuf::from(&sidecar), DETECTOR_SIDECAR),
@@ -214,6 +228,13 @@ pub fn build_project(dir: &Path) -> Result<Built, ScaffoldError> {
 
 /// [`build_project`] with an explicit cargo target dir (tests share one across projects).
 pub fn build_project_with(dir: &Path, target_dir: Option<&Path>) -> Result<Built, ScaffoldError> {
+    if dir.join(super::polyglot::PROJECT_FILE).is_file() {
+        let built = super::polyglot::build(dir, &super::polyglot::BuildOptions::default())?;
+        return Ok(Built {
+            wasm: built.wasm,
+            sidecar: built.sidecar,
+        });
+    }
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(ScaffoldError::NotAProject {
