@@ -14,6 +14,8 @@
 //! `COUNTER_FILTERED` slots. Records do not change with filtering.
 #![no_std]
 
+pub mod enforce;
+
 /// Length of one path/name buffer, NUL included. Longer strings are cut and flagged.
 pub const PATH_LEN: usize = 256;
 /// Bytes of NUL-separated argv carried by an exec record.

@@ -84,6 +84,13 @@ rate_limit_per_minute = 60
 state_dir = "/var/lib/palisade"
 # Root-only (0700) directory that quarantined files are moved into, with a metadata record each.
 quarantine_dir = "/var/lib/palisade/quarantine"
+# bpffs directory where block-exec pins its map and network-quarantine its links, so they
+# outlive a daemon restart and `palisade actions release` can undo them from another process.
+bpf_pin_dir = "/sys/fs/bpf/palisade"
+
+[actions.network_quarantine]
+# A quarantined workload drops every packet; true keeps its loopback traffic (127/8, ::1).
+allow_loopback = false
 
 [actions.deny]
 # deny-open answers fanotify permission events; an open of a denied file waits at most this long
@@ -228,6 +235,16 @@ pub struct ActionsConfig {
     pub state_dir: PathBuf,
     /// Root-only directory quarantined files are moved into.
     pub quarantine_dir: PathBuf,
+    /// bpffs directory of the block-exec map and the network-quarantine links.
+    pub bpf_pin_dir: PathBuf,
+    pub network_quarantine: NetworkQuarantineConfig,
+}
+
+/// `[actions.network_quarantine]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkQuarantineConfig {
+    /// Quarantined workloads keep loopback traffic.
+    pub allow_loopback: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -664,6 +681,14 @@ struct RawActions {
     responders: Option<BTreeMap<String, RawResponderActions>>,
     state_dir: Option<String>,
     quarantine_dir: Option<String>,
+    bpf_pin_dir: Option<String>,
+    network_quarantine: Option<RawNetworkQuarantine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawNetworkQuarantine {
+    allow_loopback: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1496,6 +1521,14 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
         responders,
         state_dir: non_empty_path(loc, "actions.state_dir", a.state_dir)?,
         quarantine_dir: non_empty_path(loc, "actions.quarantine_dir", a.quarantine_dir)?,
+        bpf_pin_dir: non_empty_path(loc, "actions.bpf_pin_dir", a.bpf_pin_dir)?,
+        network_quarantine: NetworkQuarantineConfig {
+            allow_loopback: required(
+                loc,
+                "actions.network_quarantine.allow_loopback",
+                required(loc, "actions.network_quarantine", a.network_quarantine)?.allow_loopback,
+            )?,
+        },
     };
 
     let mut grants = BTreeMap::new();

@@ -334,6 +334,8 @@ impl Daemon {
         let broker = with_deny_open(Broker::new(broker_settings, Box::new(notifier))?, &config)
             .with_metrics(Arc::clone(&metrics));
         let broker = Arc::new(crate::actions::with_host_actuators(broker, &config.actions));
+        #[cfg(feature = "ebpf")]
+        crate::actions::enforce_ebpf::log_kernel_support();
         let grants_config = config.clone();
         let engine_cfg = &config.engine;
         let registry = Arc::new(Registry::new(

@@ -6,9 +6,10 @@
 //!
 //! Actuators are looked up by capability, so the kernel-backed ones (kill, exec block, open
 //! deny, network quarantine, freeze, file quarantine) plug in with [`Broker::with_actuator`]
-//! without touching the broker. Kill, freeze and file quarantine are registered by
-//! [`with_host_actuators`]; `notify` goes through a [`NotifySink`]; a capability without an
-//! actuator answers [`ActionError::Unsupported`]. Held actions are persisted by [`store`].
+//! without touching the broker. Kill, freeze, file quarantine, block-exec and network
+//! quarantine are registered by [`with_host_actuators`]; `notify` goes through a
+//! [`NotifySink`]; a capability without an actuator answers [`ActionError::Unsupported`].
+//! Held actions are persisted by [`store`].
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -21,6 +22,8 @@ pub use crate::config::Mode;
 
 pub mod audit;
 pub mod broker;
+#[cfg(feature = "ebpf")]
+pub mod enforce_ebpf;
 pub mod fanotify;
 pub mod freeze;
 pub mod kill;
@@ -35,9 +38,25 @@ pub use kill::KillActuator;
 pub use quarantine::QuarantineActuator;
 pub use store::{ActionStore, StoreError, StoredAction};
 
-/// Registers this host's real actuators on `broker`: kill-process, freeze and quarantine-file
-/// (into `actions.quarantine_dir`). Used by the daemon and by `palisade actions release`.
+/// Registers this host's real actuators on `broker`: kill-process, freeze, quarantine-file
+/// (into `actions.quarantine_dir`) and, with the `ebpf` feature, block-exec and
+/// network-quarantine (pinned under `actions.bpf_pin_dir`; nothing is loaded until the first
+/// request). Used by the daemon and by `palisade actions release`.
 pub fn with_host_actuators(broker: Broker, actions: &crate::config::ActionsConfig) -> Broker {
+    #[cfg(feature = "ebpf")]
+    let broker = {
+        use enforce_ebpf::{BlockExecActuator, EnforceSettings, Enforcer, NetQuarantineActuator};
+        let enforcer = std::sync::Arc::new(Enforcer::new(EnforceSettings::from_config(actions)));
+        broker
+            .with_actuator(
+                Capability::BlockExec,
+                Box::new(BlockExecActuator::new(std::sync::Arc::clone(&enforcer))),
+            )
+            .with_actuator(
+                Capability::NetworkQuarantine,
+                Box::new(NetQuarantineActuator::new(enforcer)),
+            )
+    };
     broker
         .with_actuator(Capability::KillProcess, Box::new(KillActuator::new()))
         .with_actuator(Capability::Freeze, Box::new(FreezeActuator::new()))

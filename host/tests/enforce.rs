@@ -1,0 +1,708 @@
+//! The kernel-backed actuators block-exec and network-quarantine against real processes,
+//! cgroups and sockets (root only; each test prints a loud SKIPPED line and returns when not
+//! root): a blocked binary dies of SIGKILL before its side effect while another runs, by path
+//! and by sha256, through the broker with audit and monitor mode; a quarantined cgroup cannot
+//! connect to a loopback listener while the test's own cgroup can (and can with
+//! `allow_loopback`); both survive a broker restart and are released by the real
+//! `palisade actions release`. Every test pins under its own bpffs directory, removed by a
+//! guard, so parallel runs never share a map.
+#![cfg(feature = "ebpf")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers panic on failure, like the tests"
+)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade::actions::enforce_ebpf::{
+    BlockExecActuator, EnforceSettings, Enforcer, NetQuarantineActuator,
+};
+use palisade::actions::freeze::CgroupLayout;
+use palisade::actions::{
+    with_host_actuators, ActionRequest, ActionStore, Actuator, Broker, BrokerSettings, ExecContext,
+    ExecMatch, LogNotifySink, Mode, Outcome, RequestContext, Workload,
+};
+use palisade::capability::Capability;
+use palisade::config::Config;
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// True (and a loud line on stderr) when the test cannot run here.
+fn skip(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    use std::io::Write;
+    let _ =
+        std::io::stderr().write_all(format!("SKIPPED (needs root): enforce::{test}\n").as_bytes());
+    true
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A bpffs directory of this test; its pins (map, links) are removed on drop, which also
+/// detaches any quarantine a failed test left behind.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> PinDir {
+        PinDir(Path::new("/sys/fs/bpf").join(unique("palisade-test")))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A cgroup v2 directory for the test; its processes are killed and it is removed on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new() -> Cgroup {
+        let root = CgroupLayout::detect().v2_root.expect("cgroup2 mounted");
+        let dir = root.join(unique("palisade-test-netq"));
+        fs::create_dir(&dir).unwrap();
+        Cgroup(dir)
+    }
+
+    fn name(&self) -> String {
+        self.0.file_name().unwrap().to_str().unwrap().to_owned()
+    }
+
+    /// Runs a bash connect to 127.0.0.1:`port` inside this cgroup; true when it connected.
+    /// A dropped SYN makes connect hang in retransmits, so a connect expected to fail gets a
+    /// short deadline and one expected to succeed a long one (it returns at once when it does).
+    fn connects_expecting(&self, port: u16, expect: bool) -> bool {
+        let secs = if expect { 20 } else { 2 };
+        let script = format!(
+            "echo $$ > {procs} && exec timeout {secs} bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'",
+            procs = self.0.join("cgroup.procs").display()
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn connects(&self, port: u16) -> bool {
+        self.connects_expecting(port, true)
+    }
+
+    fn blocked(&self, port: u16) -> bool {
+        !self.connects_expecting(port, false)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A copy of `touch` at `dir/name`: running it with a path creates that file.
+fn touch_copy(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::copy("/usr/bin/touch", &path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs `bin marker` from a shell (another parent than the test) and returns its status.
+fn run_via_shell(bin: &Path, marker: &Path) -> ExitStatus {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {} {}", bin.display(), marker.display()))
+        .status()
+        .unwrap()
+}
+
+fn run(bin: &Path, marker: &Path) -> ExitStatus {
+    Command::new(bin).arg(marker).status().unwrap()
+}
+
+fn settings(pins: &PinDir, allow_loopback: bool) -> EnforceSettings {
+    EnforceSettings {
+        pin_dir: pins.0.clone(),
+        allow_loopback,
+        hash_roots: Vec::new(),
+    }
+}
+
+fn exec_ctx(action_id: &str) -> ExecContext<'_> {
+    ExecContext {
+        responder: "r",
+        alert_id: "a",
+        action_id,
+    }
+}
+
+fn write_config(dir: &Path, pins: &PinDir, mode: &str) -> PathBuf {
+    let path = dir.join("palisade.toml");
+    fs::write(
+        &path,
+        format!(
+            "version = 1\n[actions]\nmode = {mode:?}\naudit_log = {:?}\nstate_dir = {:?}\nquarantine_dir = {:?}\nbpf_pin_dir = {:?}\n",
+            dir.join("audit.jsonl").display().to_string(),
+            dir.join("state").display().to_string(),
+            dir.join("quarantine").display().to_string(),
+            pins.0.display().to_string(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn ctx<'a>(caps: &[Capability]) -> RequestContext<'a> {
+    RequestContext {
+        responder: "contain",
+        granted: caps.iter().copied().collect(),
+        alert_id: "alert-9",
+    }
+}
+
+fn palisade(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn blocked_binary_dies_before_running_while_others_run() {
+    if skip("blocked_binary_dies_before_running_while_others_run") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &pins, "enforce");
+    let config = Config::load(Some(&config_path), &Default::default()).unwrap();
+    let broker = with_host_actuators(
+        Broker::new(
+            BrokerSettings::from_config(&config.actions),
+            Box::new(LogNotifySink),
+        )
+        .unwrap(),
+        &config.actions,
+    );
+    let blocked = touch_copy(dir.path(), "blocked-touch");
+    let other = touch_copy(dir.path(), "other-touch");
+    let marker = dir.path().join("marker");
+    let c = ctx(&[Capability::BlockExec]);
+
+    let receipt = broker
+        .request(
+            &c,
+            ActionRequest::BlockExec(ExecMatch::Path(blocked.display().to_string())),
+        )
+        .unwrap();
+    assert_eq!(receipt.mode, Mode::Enforce);
+
+    for status in [run(&blocked, &marker), run_via_shell(&blocked, &marker)] {
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+    assert!(!marker.exists(), "the blocked binary ran user code");
+    let other_marker = dir.path().join("other-marker");
+    assert!(run(&other, &other_marker).success());
+    assert!(other_marker.exists());
+
+    broker
+        .request(
+            &c,
+            ActionRequest::Release {
+                action_id: receipt.id.clone(),
+            },
+        )
+        .unwrap();
+    assert!(run(&blocked, &marker).success());
+    assert!(marker.exists(), "released: the binary runs again");
+
+    let audit = audit_lines(&dir.path().join("audit.jsonl"));
+    let summary: Vec<String> = audit
+        .iter()
+        .map(|r| format!("{} {}", r["action"], r["result"]))
+        .collect();
+    assert_eq!(summary, ["\"block-exec\" \"ok\"", "\"release\" \"ok\""]);
+    assert_eq!(audit[0]["target"]["path"], blocked.display().to_string());
+}
+
+#[test]
+fn monitor_mode_blocks_nothing() {
+    if skip("monitor_mode_blocks_nothing") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &pins, "monitor");
+    let config = Config::load(Some(&config_path), &Default::default()).unwrap();
+    let broker = with_host_actuators(
+        Broker::new(
+            BrokerSettings::from_config(&config.actions),
+            Box::new(LogNotifySink),
+        )
+        .unwrap(),
+        &config.actions,
+    );
+    let bin = touch_copy(dir.path(), "watched-touch");
+    let marker = dir.path().join("marker");
+    let receipt = broker
+        .request(
+            &ctx(&[Capability::BlockExec, Capability::NetworkQuarantine]),
+            ActionRequest::BlockExec(ExecMatch::Path(bin.display().to_string())),
+        )
+        .unwrap();
+    assert_eq!(receipt.mode, Mode::Monitor);
+    assert!(run(&bin, &marker).success() && marker.exists());
+    assert!(!pins.0.exists(), "monitor mode loaded nothing");
+    let audit = audit_lines(&dir.path().join("audit.jsonl"));
+    assert_eq!(audit[0]["result"], "recorded");
+}
+
+#[test]
+fn sha256_rule_blocks_the_files_carrying_the_hash() {
+    if skip("sha256_rule_blocks_the_files_carrying_the_hash") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = touch_copy(dir.path(), "a");
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let b = touch_copy(&sub, "b");
+    let other = dir.path().join("other");
+    fs::copy("/usr/bin/true", &other).unwrap();
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(fs::read(&a).unwrap()))
+    };
+    let enforcer = Arc::new(Enforcer::new(EnforceSettings {
+        hash_roots: vec![dir.path().to_path_buf()],
+        ..settings(&pins, false)
+    }));
+    let act = BlockExecActuator::new(Arc::clone(&enforcer));
+    let req = ActionRequest::BlockExec(ExecMatch::Sha256(hash.to_uppercase()));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("act-sha-1"), &req).unwrap() else {
+        panic!("block-exec holds state");
+    };
+    let mut keys = enforcer.blocked_keys();
+    keys.sort();
+    let mut want: Vec<String> = [&a, &b]
+        .iter()
+        .map(|p| fs::canonicalize(p).unwrap().display().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+    let marker = dir.path().join("marker");
+    assert_eq!(run(&a, &marker).signal(), Some(9));
+    assert_eq!(run(&b, &marker).signal(), Some(9));
+    assert!(!marker.exists());
+    assert!(Command::new(&other).status().unwrap().success());
+    let counters = enforcer.block_counters().unwrap();
+    assert!(counters.killed >= 2, "{counters:?}");
+    assert_eq!(counters.signal_failed, 0);
+
+    // A second rule on the same file: releasing the first keeps the second.
+    let path_req = ActionRequest::BlockExec(ExecMatch::Path(a.display().to_string()));
+    let Outcome::Held {
+        handle: path_handle,
+    } = act.execute(&exec_ctx("act-path-2"), &path_req).unwrap()
+    else {
+        panic!("held");
+    };
+    let held = |id: &str, request: &ActionRequest, handle: &str| palisade::actions::ActiveAction {
+        id: id.into(),
+        responder: "r".into(),
+        capability: Capability::BlockExec,
+        request: request.clone(),
+        alert_id: "a".into(),
+        mode: Mode::Enforce,
+        since: std::time::SystemTime::now(),
+        handle: handle.into(),
+    };
+    act.release(&held("act-sha-1", &req, &handle)).unwrap();
+    assert_eq!(run(&a, &marker).signal(), Some(9), "still blocked by path");
+    assert!(run(&b, &marker).success());
+    act.release(&held("act-path-2", &path_req, &path_handle))
+        .unwrap();
+    assert!(run(&a, &marker).success());
+    assert!(enforcer.blocked_keys().is_empty());
+
+    // A hash no file carries is refused, not held.
+    let none = ActionRequest::BlockExec(ExecMatch::Sha256("00".repeat(32)));
+    assert!(matches!(
+        act.execute(&exec_ctx("act-none-3"), &none),
+        Err(palisade::actions::ActionError::InvalidTarget(_))
+    ));
+}
+
+#[test]
+fn quarantined_cgroup_cannot_connect_while_others_can() {
+    if skip("quarantined_cgroup_cannot_connect_while_others_can") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cg = Cgroup::new();
+    assert!(cg.connects(port), "connects before the quarantine");
+
+    for allow_loopback in [false, true] {
+        let pins = PinDir::new();
+        let act =
+            NetQuarantineActuator::new(Arc::new(Enforcer::new(settings(&pins, allow_loopback))));
+        let req = ActionRequest::NetworkQuarantine(Workload::CgroupPath(cg.name()));
+        let Outcome::Held { handle } = act.execute(&exec_ctx("act-netq-1"), &req).unwrap() else {
+            panic!("held");
+        };
+        assert_eq!(
+            cg.connects_expecting(port, allow_loopback),
+            allow_loopback,
+            "quarantined connect with allow_loopback = {allow_loopback}"
+        );
+        // The test's own cgroup is untouched.
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        drop(act); // the links are pinned: the quarantine outlives the object that made it
+        assert_eq!(cg.connects_expecting(port, allow_loopback), allow_loopback);
+
+        let act =
+            NetQuarantineActuator::new(Arc::new(Enforcer::new(settings(&pins, allow_loopback))));
+        act.release(&palisade::actions::ActiveAction {
+            id: "act-netq-1".into(),
+            responder: "r".into(),
+            capability: Capability::NetworkQuarantine,
+            request: req,
+            alert_id: "a".into(),
+            mode: Mode::Enforce,
+            since: std::time::SystemTime::now(),
+            handle,
+        })
+        .unwrap();
+        assert!(cg.connects(port), "released");
+    }
+
+    // The root cgroup and the test's own are refused.
+    let pins = PinDir::new();
+    let act = NetQuarantineActuator::new(Arc::new(Enforcer::new(settings(&pins, false))));
+    for workload in [
+        Workload::CgroupPath("/".into()),
+        Workload::CgroupPath("".into()),
+    ] {
+        assert!(act
+            .execute(
+                &exec_ctx("act-bad-1"),
+                &ActionRequest::NetworkQuarantine(workload)
+            )
+            .is_err());
+    }
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    if own != "/" {
+        assert!(act
+            .execute(
+                &exec_ctx("act-bad-2"),
+                &ActionRequest::NetworkQuarantine(Workload::CgroupPath(own.into()))
+            )
+            .is_err());
+    }
+}
+
+#[test]
+fn blocks_and_quarantines_survive_a_restart_and_the_cli_releases_them() {
+    if skip("blocks_and_quarantines_survive_a_restart_and_the_cli_releases_them") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let config_path = write_config(dir.path(), &pins, "enforce");
+    let config = Config::load(Some(&config_path), &Default::default()).unwrap();
+    let new_broker = || {
+        let broker = with_host_actuators(
+            Broker::new(
+                BrokerSettings::from_config(&config.actions),
+                Box::new(LogNotifySink),
+            )
+            .unwrap(),
+            &config.actions,
+        );
+        let loaded = broker
+            .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
+            .unwrap();
+        (broker, loaded)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cg = Cgroup::new();
+    let bin = touch_copy(dir.path(), "blocked-touch");
+    let marker = dir.path().join("marker");
+    let c = ctx(&[Capability::BlockExec, Capability::NetworkQuarantine]);
+
+    let (block_id, netq_id) = {
+        let (broker, loaded) = new_broker();
+        assert_eq!(loaded, 0);
+        let b = broker
+            .request(
+                &c,
+                ActionRequest::BlockExec(ExecMatch::Path(bin.display().to_string())),
+            )
+            .unwrap();
+        let q = broker
+            .request(
+                &c,
+                ActionRequest::NetworkQuarantine(Workload::CgroupPath(cg.name())),
+            )
+            .unwrap();
+        assert_eq!(run(&bin, &marker).signal(), Some(9));
+        assert!(cg.blocked(port));
+        (b.id, q.id)
+    }; // the "daemon" stops here
+
+    // Down: the exec program went with the daemon; the pinned quarantine did not.
+    assert!(run(&bin, &marker).success());
+    fs::remove_file(&marker).unwrap();
+    assert!(
+        cg.blocked(port),
+        "the quarantine holds while the daemon is down"
+    );
+
+    let (broker, loaded) = new_broker();
+    assert_eq!(loaded, 2);
+    let summary = broker.reapply_held();
+    assert_eq!(
+        (summary.reapplied, summary.dropped, summary.failed),
+        (2, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(run(&bin, &marker).signal(), Some(9), "block re-applied");
+    assert!(!marker.exists());
+    assert!(cg.blocked(port));
+
+    // The operator releases both with the CLI while this "daemon" runs.
+    let cfg = config_path.to_str().unwrap();
+    let (ok, out) = palisade(&["actions", "list", "--config", cfg]);
+    assert!(
+        ok && out.contains("block-exec") && out.contains("network-quarantine"),
+        "{out}"
+    );
+    for id in [&block_id, &netq_id] {
+        let (ok, out) = palisade(&["actions", "release", id, "--config", cfg]);
+        assert!(ok, "{out}");
+    }
+    assert!(run(&bin, &marker).success() && marker.exists());
+    assert!(cg.connects(port));
+    drop(broker);
+    let leftover: Vec<String> = fs::read_dir(&pins.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftover, ["BLOCK_EXEC"], "no link pins left");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// (p50, p99) in microseconds.
+fn summarise(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    (
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.99)),
+    )
+}
+
+fn spawn_wait(bin: &Path) -> (Duration, ExitStatus) {
+    let t = Instant::now();
+    let status = Command::new(bin).status().unwrap();
+    (t.elapsed(), status)
+}
+
+/// Block-exec figures for docs/performance.md (root; not run by CI):
+/// `cargo test -p palisade-host --release --test enforce -- --ignored --nocapture bench_block_exec`
+#[test]
+#[ignore = "benchmark: prints a markdown table and a JSON line"]
+fn bench_block_exec() {
+    if skip("bench_block_exec") {
+        return;
+    }
+    const N: usize = 300;
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &pins, "enforce");
+    // Still inside [actions]: no rate limit in the way of 1,300 requests.
+    let mut text = fs::read_to_string(&config_path).unwrap();
+    text.push_str("rate_limit_per_minute = 1000000\n");
+    fs::write(&config_path, text).unwrap();
+    let config = Config::load(Some(&config_path), &Default::default()).unwrap();
+    let broker = with_host_actuators(
+        Broker::new(
+            BrokerSettings::from_config(&config.actions),
+            Box::new(LogNotifySink),
+        )
+        .unwrap(),
+        &config.actions,
+    );
+    let c = ctx(&[Capability::BlockExec]);
+    let free = dir.path().join("free-true");
+    fs::copy("/usr/bin/true", &free).unwrap();
+    let blocked = dir.path().join("blocked-true");
+    fs::copy("/usr/bin/true", &blocked).unwrap();
+
+    // Exec cost with no enforcement program attached at all.
+    let base: Vec<Duration> = (0..N).map(|_| spawn_wait(&free).0).collect();
+
+    // First request: loads the object and attaches the exec program.
+    let t = Instant::now();
+    let first = broker
+        .request(
+            &c,
+            ActionRequest::BlockExec(ExecMatch::Path(blocked.display().to_string())),
+        )
+        .unwrap();
+    let first_request = t.elapsed();
+
+    // Request -> map entry, steady state (through the broker: grant, audit, persist-free).
+    let mut request = Vec::with_capacity(N);
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        let path = format!("/nonexistent/palisade-bench/{i}");
+        let t = Instant::now();
+        let r = broker
+            .request(&c, ActionRequest::BlockExec(ExecMatch::Path(path)))
+            .unwrap();
+        request.push(t.elapsed());
+        ids.push(r.id);
+    }
+    // Exec -> SIGKILL: spawn of a blocked binary until it is reaped dead.
+    let kill: Vec<Duration> = (0..N)
+        .map(|_| {
+            let (d, status) = spawn_wait(&blocked);
+            assert_eq!(status.signal(), Some(9));
+            d
+        })
+        .collect();
+    for id in ids {
+        broker
+            .request(&c, ActionRequest::Release { action_id: id })
+            .unwrap();
+    }
+    // Exec cost of an unblocked binary: program attached with 1 rule, then with 1,000.
+    let one_rule: Vec<Duration> = (0..N).map(|_| spawn_wait(&free).0).collect();
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        let path = format!("/nonexistent/palisade-bench/rule-{i}");
+        ids.push(
+            broker
+                .request(&c, ActionRequest::BlockExec(ExecMatch::Path(path)))
+                .unwrap()
+                .id,
+        );
+    }
+    let thousand: Vec<Duration> = (0..N).map(|_| spawn_wait(&free).0).collect();
+    // And once more without the program, interleaving-free noise check.
+    for id in ids.into_iter().chain([first.id]) {
+        broker
+            .request(&c, ActionRequest::Release { action_id: id })
+            .unwrap();
+    }
+    drop(broker);
+    let base2: Vec<Duration> = (0..N).map(|_| spawn_wait(&free).0).collect();
+
+    let rows = [
+        (
+            "exec of an unblocked binary, no exec program",
+            summarise(base),
+        ),
+        ("same, program attached, 1 rule", summarise(one_rule)),
+        ("same, program attached, 1,000 rules", summarise(thousand)),
+        ("same, program detached again", summarise(base2)),
+        (
+            "block-exec request -> map entry (broker)",
+            summarise(request),
+        ),
+        (
+            "exec of a blocked binary -> reaped by SIGKILL",
+            summarise(kill),
+        ),
+    ];
+    let mut out = String::from("| measurement | p50 (µs) | p99 (µs) |\n| --- | ---: | ---: |\n");
+    for (name, (p50, p99)) in &rows {
+        out.push_str(&format!("| {name} | {p50:.0} | {p99:.0} |\n"));
+    }
+    out.push_str(&format!(
+        "| first request (load + attach + entry) | {:.0} | |\n",
+        us(first_request)
+    ));
+    let json = serde_json::json!({
+        "bench": "block_exec",
+        "samples": N,
+        "first_request_us": us(first_request),
+        "rows": rows.iter().map(|(n, (p50, p99))| serde_json::json!({"name": n, "p50_us": p50, "p99_us": p99})).collect::<Vec<_>>(),
+    });
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(format!("{out}\n{json}\n").as_bytes());
+}
