@@ -8,8 +8,8 @@
 pub use crate::bindings::palisade::plugin::actions::{
     ActionError, ExecMatch, Mode, ProcessTarget, Receipt, Workload,
 };
-use crate::bindings::palisade::plugin::types::Process;
 use crate::config::capability_name;
+use crate::model::Process;
 
 impl ProcessTarget {
     /// The process an alert is about, pinned by its start time so a recycled pid is never hit.

@@ -1,4 +1,8 @@
-//! Generated bindings of the `palisade:plugin@0.1.0` contract: every type and every import.
+//! Generated bindings of the `palisade:plugin@0.2.0` contract: every type and every import.
+//!
+//! These are the wire types: strings inside events and processes are `span`s into a batch's
+//! `strings` buffer. Plugins normally use the SDK's own types ([`crate::Process`],
+//! [`crate::EventData`], ...), which [`crate::wire`] decodes from these.
 //!
 //! The exports (`describe`, `init`, `on-events` / `on-alerts`) are generated in the plugin crate
 //! by [`export_detector!`](crate::export_detector) and [`export_responder!`](crate::export_responder),
@@ -14,11 +18,11 @@ wit_bindgen::generate!({
         package palisade:sdk;
 
         world imports {
-            import palisade:plugin/log@0.1.0;
-            import palisade:plugin/state@0.1.0;
-            import palisade:plugin/clock@0.1.0;
-            import palisade:plugin/actions@0.1.0;
-            use palisade:plugin/types@0.1.0.{plugin-info, config, event-batch, alert, routed-alert};
+            import palisade:plugin/log@0.2.0;
+            import palisade:plugin/state@0.2.0;
+            import palisade:plugin/clock@0.2.0;
+            import palisade:plugin/actions@0.2.0;
+            use palisade:plugin/types@0.2.0.{plugin-info, config, event-batch, alert, routed-alert};
         }
     "#,
     path: "../wit",

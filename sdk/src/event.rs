@@ -1,9 +1,8 @@
 //! The view a detector gets of one event ([`EventRef`]), the alert collector ([`Alerts`]) and
 //! open(2) flag helpers.
 
-use crate::bindings::palisade::plugin::types::{
-    Alert, EventData, EventKind, ExecData, FdDupData, FileOpenData, Process,
-};
+use crate::bindings::palisade::plugin::types::{Alert, EventKind, FdDupData};
+use crate::model::{EventData, ExecData, FileOpenData, Process};
 
 /// open(2) flags as the kernel passes them (x86_64 / aarch64 values).
 pub mod open_flags {

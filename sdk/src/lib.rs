@@ -2,11 +2,16 @@
 //! it with one macro, build it for `wasm32-wasip2`, and drop the `.wasm` into the plugin
 //! directory.
 //!
-//! The contract is `wit/plugin.wit` (`palisade:plugin@0.1.0`). This crate owns the generated
+//! The contract is `wit/plugin.wit` (`palisade:plugin@0.2.0`). This crate owns the generated
 //! guest bindings ([`bindings`]) and wraps them: the [`Detector`] and [`Responder`] traits, the
 //! [`export_detector!`] / [`export_responder!`] macros, builders for descriptions and alerts,
 //! typed [`Config`] getters, [path and name matching](matching), durable [`state`], [`log`]
 //! macros, the host [`clock`] and responder [`actions`].
+//!
+//! On the wire, the strings of a batch travel as one byte buffer plus `span`s into it (one guest
+//! allocation per batch instead of one per string). The SDK hides that: [`Process`],
+//! [`EventData`], [`RoutedAlert`] and the payload records are the SDK's own types with `String`
+//! fields, decoded from each batch by [`wire`]; the raw wire types stay in [`bindings`].
 //!
 //! Natively (`cargo test` on the build machine) the host imports are replaced by in-memory
 //! stand-ins ([`testing`]), so a plugin's logic can be unit-tested without a host.
@@ -103,21 +108,26 @@ mod config;
 mod event;
 pub mod log;
 pub mod matching;
+mod model;
 mod plugin;
 pub mod state;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod types;
+pub mod wire;
 
 pub use bindings::palisade::plugin::types::{
-    Alert, AlertFilter, Ancestor, Capability, ConfigValue, ConnectionData, Event, EventBatch,
-    EventData, EventKind, ExecData, FdDupData, FdTargetKind, FileChmodData, FileChownData,
-    FileLinkData, FileOpenData, FileRenameData, ListenData, MemfdData, MountData, PluginInfo,
-    PluginKind, Priority, Process, PtraceData, RoutedAlert, SocketData, Subscription,
+    Alert, AlertFilter, Capability, ConfigValue, EventKind, FdDupData, FdTargetKind, PluginInfo,
+    PluginKind, Priority, PtraceData, SocketData, Subscription,
 };
 pub use config::{capability_name, Config, ConfigError};
 pub use event::{open_flags, Alerts, EventRef};
 pub use matching::{glob_match, NameSet, PathPattern, PathSet};
+pub use model::{
+    Ancestor, ConnectionData, Event, EventBatch, EventData, ExecData, FileChmodData, FileChownData,
+    FileLinkData, FileOpenData, FileRenameData, ListenData, MemfdData, MountData, Process,
+    RoutedAlert,
+};
 pub use plugin::{run_alerts, run_batch, Detector, Responder};
 pub use types::ALL_CAPABILITIES;
 

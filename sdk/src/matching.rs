@@ -3,7 +3,7 @@
 //!
 //! Everything here is pure (no host calls), so it is unit-tested natively.
 
-use crate::bindings::palisade::plugin::types::{Ancestor, Process};
+use crate::model::{Ancestor, Process};
 
 /// One path pattern.
 ///

@@ -6,10 +6,12 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use crate::bindings::palisade::plugin::types::{Alert, EventBatch, PluginInfo, RoutedAlert};
+use crate::bindings::palisade::plugin::types::{self as w, Alert, PluginInfo};
 use crate::bindings::RawConfig;
 use crate::config::Config;
 use crate::event::{Alerts, EventRef};
+use crate::model::{EventBatch, RoutedAlert};
+use crate::wire;
 
 /// A detector: receives the events it subscribed to, raises alerts.
 pub trait Detector: Sized + 'static {
@@ -38,15 +40,25 @@ pub trait Responder: Sized + 'static {
 }
 
 /// Runs `detector` over every event of `batch` and returns the alerts, each carrying the index
-/// of its event. This is what `on-events` does; tests call it directly.
+/// of its event. Tests call it directly: the batch goes through the same wire encoding and
+/// decoding as the host's batches do in a deployed plugin.
 pub fn run_batch<D: Detector>(detector: &mut D, batch: &EventBatch) -> Vec<Alert> {
+    run_wire_batch(detector, &wire::encode_batch(batch))
+}
+
+/// What `on-events` does: decodes the batch's process table once, then each event in turn
+/// (its strings copied out of the batch's buffer), and hands it to the detector.
+fn run_wire_batch<D: Detector>(detector: &mut D, batch: &w::EventBatch) -> Vec<Alert> {
+    let strings = wire::Strings::new(&batch.strings);
+    let processes: Vec<_> = batch.processes.iter().map(|p| strings.process(p)).collect();
     let mut alerts = Alerts::new();
     let mut bad_index = 0u32;
     for (i, event) in batch.events.iter().enumerate() {
-        let Some(process) = batch.processes.get(event.process as usize) else {
+        let Some(process) = processes.get(event.process as usize) else {
             bad_index += 1;
             continue;
         };
+        let data = strings.event_data(&event.data);
         let index = i as u32;
         alerts.set_event(index);
         detector.on_event(
@@ -54,7 +66,7 @@ pub fn run_batch<D: Detector>(detector: &mut D, batch: &EventBatch) -> Vec<Alert
                 index,
                 ts_ns: event.ts_ns,
                 process,
-                data: &event.data,
+                data: &data,
             },
             &mut alerts,
         );
@@ -62,6 +74,7 @@ pub fn run_batch<D: Detector>(detector: &mut D, batch: &EventBatch) -> Vec<Alert
     if bad_index > 0 {
         crate::warn!("skipped {bad_index} event(s) whose process index is out of range");
     }
+    wire::warn_bad_spans(&strings);
     alerts.into_vec()
 }
 
@@ -94,10 +107,10 @@ pub mod glue {
 
     pub fn detector_on_events<D: Detector>(
         slot: &'static LocalKey<RefCell<Option<D>>>,
-        batch: EventBatch,
+        batch: w::EventBatch,
     ) -> Vec<Alert> {
         slot.with(|s| match s.borrow_mut().as_mut() {
-            Some(detector) => run_batch(detector, &batch),
+            Some(detector) => run_wire_batch(detector, &batch),
             None => {
                 crate::error!("on-events called before a successful init; batch ignored");
                 Vec::new()
@@ -121,10 +134,14 @@ pub mod glue {
 
     pub fn responder_on_alerts<R: Responder>(
         slot: &'static LocalKey<RefCell<Option<R>>>,
-        alerts: Vec<RoutedAlert>,
+        alerts: Vec<w::RoutedAlert>,
     ) {
         slot.with(|s| match s.borrow_mut().as_mut() {
-            Some(responder) => run_alerts(responder, &alerts),
+            Some(responder) => {
+                let alerts: Vec<RoutedAlert> =
+                    alerts.into_iter().map(wire::decode_routed_alert).collect();
+                run_alerts(responder, &alerts)
+            }
             None => crate::error!("on-alerts called before a successful init; batch ignored"),
         })
     }
@@ -133,7 +150,8 @@ pub mod glue {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use crate::bindings::palisade::plugin::types::{Event, EventData, Priority, Process};
+    use crate::bindings::palisade::plugin::types::Priority;
+    use crate::model::{Event, EventData, Process};
     use crate::testing;
 
     /// Alerts on every exit event and remembers how many events it saw.
@@ -203,17 +221,23 @@ mod tests {
         batch.push(&Process::new(1, "a", "/a"), 1, EventData::Exit(0));
 
         // Before init: ignored with an error log.
-        assert!(glue::detector_on_events(&SLOT, batch.clone()).is_empty());
+        assert!(glue::detector_on_events(&SLOT, wire::encode_batch(&batch)).is_empty());
         assert_eq!(testing::take_logs().len(), 1);
 
         glue::detector_init(&SLOT, Vec::new()).unwrap();
-        assert_eq!(glue::detector_on_events(&SLOT, batch.clone()).len(), 1);
-        assert_eq!(glue::detector_on_events(&SLOT, batch.clone()).len(), 1);
+        assert_eq!(
+            glue::detector_on_events(&SLOT, wire::encode_batch(&batch)).len(),
+            1
+        );
+        assert_eq!(
+            glue::detector_on_events(&SLOT, wire::encode_batch(&batch)).len(),
+            1
+        );
         assert_eq!(SLOT.with(|s| s.borrow().as_ref().map(|p| p.seen)), Some(2));
 
         let err = glue::detector_init(&SLOT, vec![("fail".into(), true.into())]).unwrap_err();
         assert_eq!(err, "asked to fail");
         assert!(SLOT.with(|s| s.borrow().is_none()));
-        assert!(glue::detector_on_events(&SLOT, batch).is_empty());
+        assert!(glue::detector_on_events(&SLOT, wire::encode_batch(&batch)).is_empty());
     }
 }

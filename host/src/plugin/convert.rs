@@ -12,7 +12,47 @@ use crate::alert::{Alert, Priority};
 use crate::capability::{Capability, CapabilitySet};
 use crate::event::{Event, EventData, EventKind, FdTargetKind, KindSet, Process};
 
-pub fn wit_process(p: &Process) -> wit::Process {
+/// The `strings` buffer of one WIT batch (or routed alert) under construction: every string is
+/// appended once and referred to by a [`wit::Span`]. Spans are only made from `&str`s appended
+/// here, so each one is in bounds and valid UTF-8, as the contract promises guests.
+struct Arena {
+    bytes: Vec<u8>,
+}
+
+impl Arena {
+    fn with_capacity(capacity: usize) -> Self {
+        Arena {
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
+    fn span(&mut self, s: &str) -> wit::Span {
+        let offset = self.bytes.len();
+        // Offsets are u32: a buffer past 4 GiB cannot be addressed. No real batch gets near
+        // (strings are bounded by the kernel source and batches by the worker), but should one,
+        // the string is sent empty rather than as a span that points elsewhere.
+        match (u32::try_from(offset), u32::try_from(offset + s.len())) {
+            (Ok(off), Ok(_)) => {
+                self.bytes.extend_from_slice(s.as_bytes());
+                wit::Span {
+                    offset: off,
+                    len: s.len() as u32,
+                }
+            }
+            _ => wit::Span { offset: 0, len: 0 },
+        }
+    }
+
+    fn spans(&mut self, list: &[String]) -> Vec<wit::Span> {
+        list.iter().map(|s| self.span(s)).collect()
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+fn wit_process(p: &Process, arena: &mut Arena) -> wit::Process {
     wit::Process {
         pid: p.pid,
         tid: p.tid,
@@ -20,63 +60,63 @@ pub fn wit_process(p: &Process) -> wit::Process {
         uid: p.uid,
         gid: p.gid,
         euid: p.euid,
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        args: p.args.clone(),
-        cwd: p.cwd.clone(),
+        comm: arena.span(&p.comm),
+        exe: arena.span(&p.exe),
+        args: arena.spans(&p.args),
+        cwd: arena.span(&p.cwd),
         cgroup_id: p.cgroup_id,
-        container_id: p.container_id.clone(),
+        container_id: p.container_id.as_deref().map(|c| arena.span(c)),
         start_ns: p.start_ns,
         ancestors: p
             .ancestors
             .iter()
             .map(|a| wit::Ancestor {
                 pid: a.pid,
-                comm: a.comm.clone(),
-                exe: a.exe.clone(),
+                comm: arena.span(&a.comm),
+                exe: arena.span(&a.exe),
             })
             .collect(),
     }
 }
 
-fn connection(c: &crate::event::ConnectionData) -> wit::ConnectionData {
+fn connection(c: &crate::event::ConnectionData, arena: &mut Arena) -> wit::ConnectionData {
     wit::ConnectionData {
         family: c.family.to_af(),
         protocol: c.protocol.to_ipproto(),
-        saddr: c.saddr.clone(),
+        saddr: arena.span(&c.saddr),
         sport: c.sport,
-        daddr: c.daddr.clone(),
+        daddr: arena.span(&c.daddr),
         dport: c.dport,
     }
 }
 
-pub fn wit_event_data(data: &EventData) -> wit::EventData {
+fn wit_event_data(data: &EventData, arena: &mut Arena) -> wit::EventData {
     use wit::EventData as W;
     match data {
         EventData::Exec(e) => W::Exec(wit::ExecData {
-            filename: e.filename.clone(),
-            args: e.args.clone(),
+            filename: arena.span(&e.filename),
+            args: arena.spans(&e.args),
             args_truncated: e.args_truncated,
         }),
         EventData::Exit { code } => W::Exit(*code),
         EventData::Fork { child_pid } => W::Fork(*child_pid),
         EventData::FileOpen(f) => W::FileOpen(wit::FileOpenData {
-            path: f.path.clone(),
+            path: arena.span(&f.path),
             open_flags: f.flags,
             mode: f.mode,
             result: f.result,
         }),
         EventData::FileRename { from, to } => W::FileRename(wit::FileRenameData {
-            from: from.clone(),
-            to: to.clone(),
+            from: arena.span(from),
+            to: arena.span(to),
         }),
-        EventData::FileUnlink { path } => W::FileUnlink(path.clone()),
+        EventData::FileUnlink { path } => W::FileUnlink(arena.span(path)),
         EventData::FileChmod { path, mode } => W::FileChmod(wit::FileChmodData {
-            path: path.clone(),
+            path: arena.span(path),
             mode: *mode,
         }),
         EventData::FileChown { path, uid, gid } => W::FileChown(wit::FileChownData {
-            path: path.clone(),
+            path: arena.span(path),
             uid: *uid,
             gid: *gid,
         }),
@@ -85,16 +125,16 @@ pub fn wit_event_data(data: &EventData) -> wit::EventData {
             link,
             symbolic,
         } => W::FileLink(wit::FileLinkData {
-            target: target.clone(),
-            link: link.clone(),
+            target: arena.span(target),
+            link: arena.span(link),
             symbolic: *symbolic,
         }),
-        EventData::NetConnect(c) => W::NetConnect(connection(c)),
-        EventData::NetAccept(c) => W::NetAccept(connection(c)),
+        EventData::NetConnect(c) => W::NetConnect(connection(c, arena)),
+        EventData::NetAccept(c) => W::NetAccept(connection(c, arena)),
         EventData::NetListen(l) => W::NetListen(wit::ListenData {
             family: l.family.to_af(),
             protocol: l.protocol.to_ipproto(),
-            addr: l.addr.clone(),
+            addr: arena.span(&l.addr),
             port: l.port,
         }),
         EventData::Setuid { uid } => W::Setuid(*uid),
@@ -106,18 +146,18 @@ pub fn wit_event_data(data: &EventData) -> wit::EventData {
             request: *request,
             target_pid: *target_pid,
         }),
-        EventData::ModuleLoad { name } => W::ModuleLoad(name.clone()),
+        EventData::ModuleLoad { name } => W::ModuleLoad(arena.span(name)),
         EventData::Mount {
             source,
             target,
             fstype,
         } => W::Mount(wit::MountData {
-            source: source.clone(),
-            target: target.clone(),
-            fstype: fstype.clone(),
+            source: arena.span(source),
+            target: arena.span(target),
+            fstype: arena.span(fstype),
         }),
         EventData::MemfdCreate { name, flags } => W::MemfdCreate(wit::MemfdData {
-            name: name.clone(),
+            name: arena.span(name),
             memfd_flags: *flags,
         }),
         EventData::Bpf { cmd } => W::Bpf(*cmd),
@@ -148,24 +188,35 @@ pub fn wit_event_data(data: &EventData) -> wit::EventData {
     }
 }
 
-/// Builds a WIT batch from events, listing each distinct process (by `Arc` identity) once.
+/// Builds a WIT batch from events: each distinct process (by `Arc` identity) is listed once,
+/// and every string of the processes and events goes into the batch's one `strings` buffer.
+/// The only encoder of detector batches.
 pub fn wit_batch<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>) -> wit::EventBatch {
+    let events = events.into_iter();
+    // A file event carries one ~30-byte path; sizing for that avoids most regrowth.
+    let mut arena = Arena::with_capacity(events.size_hint().0 * 48 + 256);
     let mut processes = Vec::new();
     let mut index: HashMap<*const Process, u32> = HashMap::new();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(events.size_hint().0);
     for event in events {
         let key = Arc::as_ptr(&event.process);
-        let process = *index.entry(key).or_insert_with(|| {
-            processes.push(wit_process(&event.process));
-            (processes.len() - 1) as u32
-        });
+        let process = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                processes.push(wit_process(&event.process, &mut arena));
+                let i = (processes.len() - 1) as u32;
+                index.insert(key, i);
+                i
+            }
+        };
         out.push(wit::Event {
             ts_ns: event.ts_ns,
             process,
-            data: wit_event_data(&event.data),
+            data: wit_event_data(&event.data, &mut arena),
         });
     }
     wit::EventBatch {
+        strings: arena.into_bytes(),
         processes,
         events: out,
     }
@@ -305,9 +356,20 @@ pub fn plugin_info(info: wit::PluginInfo) -> PluginInfo {
     }
 }
 
-/// The WIT form of an alert for responders.
+/// The WIT form of an alert for responders, with its own `strings` buffer for the spans of its
+/// process and event. The only encoder of routed alerts.
 pub fn wit_routed_alert(alert: &Alert) -> wit::RoutedAlert {
+    let mut arena = Arena::with_capacity(256);
+    let process = alert
+        .event
+        .as_ref()
+        .map(|e| wit_process(&e.process, &mut arena));
+    let event = alert
+        .event
+        .as_ref()
+        .map(|e| wit_event_data(&e.data, &mut arena));
     wit::RoutedAlert {
+        strings: arena.into_bytes(),
         id: alert.id.clone(),
         plugin: alert.plugin.name.clone(),
         plugin_version: alert.plugin.version.clone(),
@@ -320,7 +382,195 @@ pub fn wit_routed_alert(alert: &Alert) -> wit::RoutedAlert {
             fields: alert.fields.clone(),
             event_index: 0,
         },
-        process: alert.event.as_ref().map(|e| wit_process(&e.process)),
-        event: alert.event.as_ref().map(|e| wit_event_data(&e.data)),
+        process,
+        event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Origin;
+    use crate::event::{Ancestor, ConnectionData, ExecData, FileOpenData};
+
+    fn text(strings: &[u8], span: wit::Span) -> &str {
+        let range = span.offset as usize..(span.offset + span.len) as usize;
+        std::str::from_utf8(strings.get(range).expect("span in bounds")).expect("span is UTF-8")
+    }
+
+    fn process(pid: u32) -> Arc<Process> {
+        Arc::new(Process {
+            pid,
+            comm: "bäsh".into(),
+            exe: "/usr/bin/bäsh".into(),
+            args: vec!["bäsh".into(), "-c".into(), "échö ☃".into()],
+            cwd: String::new(),
+            container_id: Some("c0ffee".into()),
+            ancestors: vec![Ancestor {
+                pid: 1,
+                comm: "systemd".into(),
+                exe: "/lib/systemd/systemd".into(),
+            }],
+            ..Process::default()
+        })
+    }
+
+    #[test]
+    fn batch_strings_share_one_buffer_and_every_span_reads_back() {
+        let p = process(7);
+        let q = process(8);
+        let event = |process: &Arc<Process>, data| {
+            Arc::new(Event {
+                ts_ns: 1,
+                process: Arc::clone(process),
+                data,
+            })
+        };
+        let events = [
+            event(
+                &p,
+                EventData::FileOpen(FileOpenData {
+                    path: "/etc/shadow".into(),
+                    flags: 1,
+                    mode: 0,
+                    result: Some(3),
+                }),
+            ),
+            event(
+                &q,
+                EventData::Exec(ExecData {
+                    filename: "/tmp/ẍ".into(),
+                    args: vec!["ẍ".into(), String::new()],
+                    args_truncated: true,
+                }),
+            ),
+            event(
+                &p,
+                EventData::FileRename {
+                    from: "/a".into(),
+                    to: "/b".into(),
+                },
+            ),
+            event(
+                &p,
+                EventData::NetConnect(ConnectionData {
+                    saddr: "10.0.0.1".into(),
+                    daddr: "::1".into(),
+                    ..ConnectionData::default()
+                }),
+            ),
+            event(&q, EventData::Fork { child_pid: 9 }),
+        ];
+        let batch = wit_batch(events.iter());
+        assert_eq!(batch.processes.len(), 2, "processes listed once each");
+        assert_eq!(
+            batch.events.iter().map(|e| e.process).collect::<Vec<_>>(),
+            vec![0, 1, 0, 0, 1]
+        );
+        let s = &batch.strings;
+        let wp = &batch.processes[0];
+        assert_eq!(
+            (text(s, wp.comm), text(s, wp.exe), text(s, wp.cwd)),
+            ("bäsh", "/usr/bin/bäsh", "")
+        );
+        let args: Vec<&str> = wp.args.iter().map(|&a| text(s, a)).collect();
+        assert_eq!(args, ["bäsh", "-c", "échö ☃"]);
+        assert_eq!(wp.container_id.map(|c| text(s, c)), Some("c0ffee"));
+        assert_eq!(text(s, wp.ancestors[0].exe), "/lib/systemd/systemd");
+        match &batch.events[0].data {
+            wit::EventData::FileOpen(f) => assert_eq!(text(s, f.path), "/etc/shadow"),
+            other => panic!("{other:?}"),
+        }
+        match &batch.events[1].data {
+            wit::EventData::Exec(e) => {
+                assert_eq!(text(s, e.filename), "/tmp/ẍ");
+                assert_eq!(
+                    e.args.iter().map(|&a| text(s, a)).collect::<Vec<_>>(),
+                    ["ẍ", ""]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match &batch.events[2].data {
+            wit::EventData::FileRename(r) => {
+                assert_eq!((text(s, r.from), text(s, r.to)), ("/a", "/b"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match &batch.events[3].data {
+            wit::EventData::NetConnect(c) => {
+                assert_eq!((text(s, c.saddr), text(s, c.daddr)), ("10.0.0.1", "::1"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Strings are appended back to back: the buffer is exactly their sum, no gaps.
+        let expected: usize = [
+            "bäsh",
+            "/usr/bin/bäsh",
+            "bäsh",
+            "-c",
+            "échö ☃",
+            "",
+            "c0ffee",
+        ]
+        .iter()
+        .chain(&["systemd", "/lib/systemd/systemd"])
+        .map(|t| t.len())
+        .sum::<usize>()
+            * 2
+            + [
+                "/etc/shadow",
+                "/tmp/ẍ",
+                "ẍ",
+                "",
+                "/a",
+                "/b",
+                "10.0.0.1",
+                "::1",
+            ]
+            .iter()
+            .map(|t| t.len())
+            .sum::<usize>();
+        assert_eq!(s.len(), expected);
+        assert!(wit_batch(std::iter::empty()).strings.is_empty());
+    }
+
+    #[test]
+    fn routed_alert_carries_its_own_strings() {
+        let event = Arc::new(Event {
+            ts_ns: 5,
+            process: process(7),
+            data: EventData::FileUnlink {
+                path: "/var/log/wtmp".into(),
+            },
+        });
+        let alert = Alert {
+            id: "a-1".into(),
+            ts_ns: 5,
+            rule: "r".into(),
+            priority: Priority::Critical,
+            message: "m".into(),
+            tags: vec!["T1070".into()],
+            fields: vec![("k".into(), "v".into())],
+            plugin: Origin {
+                name: "p".into(),
+                version: "1.0.0".into(),
+            },
+            hostname: "h".into(),
+            event: Some(event),
+        };
+        let routed = wit_routed_alert(&alert);
+        let s = &routed.strings;
+        let p = routed.process.expect("process");
+        assert_eq!((p.pid, text(s, p.comm)), (7, "bäsh"));
+        match routed.event.expect("event") {
+            wit::EventData::FileUnlink(path) => assert_eq!(text(s, path), "/var/log/wtmp"),
+            other => panic!("{other:?}"),
+        }
+        let bare = wit_routed_alert(&Alert {
+            event: None,
+            ..alert
+        });
+        assert!(bare.strings.is_empty() && bare.process.is_none() && bare.event.is_none());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::bindings::{detector, responder, types as wit};
+use super::bindings::{detector, responder};
 use super::convert;
 use super::engine::{EngineError, PluginEngine};
 use super::host_impl::{ActionsAccess, LogLimiter, PluginContext};
@@ -125,7 +125,7 @@ pub enum LoadError {
     Sidecar(#[from] ManifestError),
     #[error(transparent)]
     Compile(#[from] EngineError),
-    #[error("{file}: exports neither the palisade:plugin@0.1.0 detector nor responder world (detector: {detector}; responder: {responder})")]
+    #[error("{file}: exports neither the palisade:plugin@0.2.0 detector nor responder world (detector: {detector}; responder: {responder})")]
     WrongWorld {
         file: String,
         detector: String,
@@ -463,10 +463,7 @@ impl Registry {
         let mut canary = Instance::start(&self.engine, &plugin).map_err(call_err("init"))?;
         match plugin.kind() {
             PluginKind::Detector => {
-                let empty = wit::EventBatch {
-                    processes: Vec::new(),
-                    events: Vec::new(),
-                };
+                let empty = convert::wit_batch(std::iter::empty());
                 canary
                     .on_events(&empty, plugin.limits.init_deadline, None)
                     .map_err(call_err("canary on-events"))?;
