@@ -63,6 +63,10 @@ const DEFAULT_ALLOWED_READERS: &[&str] = &[
     "accounts-daemon",
     "nscd",
     "sssd",
+    // debconf's pre-configuration step of every apt-get install reads the shadow files (its
+    // comm is cut to 15 characters).
+    "dpkg-preconfigure",
+    "dpkg-preconfigu",
 ];
 
 /// Programs that legitimately rewrite account and sudo files.
