@@ -137,6 +137,16 @@ label_enum!(
 );
 
 label_enum!(
+    /// How a worker got the instance of a plugin's new generation at a swap: `handover`,
+    /// prepared and initialised by the reload path (the worker only moved it into place), or
+    /// `worker`, instantiated and initialised by the worker itself on its next batch.
+    SwapVia {
+        Handover => "handover",
+        Worker => "worker",
+    }
+);
+
+label_enum!(
     /// Outcome of a hot reload of one plugin.
     ReloadResult {
         Ok => "ok",
@@ -175,6 +185,12 @@ pub struct FailureLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: LabelValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SwapLabels {
+    pub plugin: LabelValue,
+    pub via: LabelValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -221,6 +237,10 @@ pub struct Metrics {
     pub plugin_quarantines_total: Family<PluginLabels, Counter>,
     pub plugin_call_duration_seconds: Family<PluginLabels, Histogram, HistogramCtor>,
     pub plugin_reloads_total: Family<ReloadLabels, Counter>,
+    /// Swaps of a worker's instance to a plugin's new generation, and the time each took the
+    /// worker.
+    pub plugin_swaps_total: Family<SwapLabels, Counter>,
+    pub plugin_swap_stall_seconds: Family<SwapLabels, Histogram, HistogramCtor>,
     /// Live plugin instances (Stores) per plugin: 0 for an idle plugin after idle release.
     pub plugin_instances: Family<PluginLabels, prometheus_client::metrics::gauge::Gauge>,
     pub actions_total: Family<ActionLabels, Counter>,
@@ -256,6 +276,11 @@ impl Metrics {
                 call_duration_histogram as HistogramCtor,
             );
         let plugin_reloads_total = Family::<ReloadLabels, Counter>::default();
+        let plugin_swaps_total = Family::<SwapLabels, Counter>::default();
+        let plugin_swap_stall_seconds =
+            Family::<SwapLabels, Histogram, HistogramCtor>::new_with_constructor(
+                call_duration_histogram as HistogramCtor,
+            );
         let actions_total = Family::<ActionLabels, Counter>::default();
         let capability_denied_total = Family::<CapabilityLabels, Counter>::default();
         let plugin_log_dropped_total = Family::<PluginLabels, Counter>::default();
@@ -320,6 +345,16 @@ impl Metrics {
             plugin_reloads_total.clone(),
         );
         registry.register(
+            "plugin_swaps",
+            "Dispatch-worker swaps to a plugin's new generation, by how the worker got the new instance",
+            plugin_swaps_total.clone(),
+        );
+        registry.register(
+            "plugin_swap_stall_seconds",
+            "Time a dispatch worker spent swapping to a plugin's new generation, by how it got the new instance (handover: prepared by the reload path; worker: instantiated on the worker)",
+            plugin_swap_stall_seconds.clone(),
+        );
+        registry.register(
             "actions",
             "Action requests from responders, by responder, action and result",
             actions_total.clone(),
@@ -371,6 +406,8 @@ impl Metrics {
             plugin_quarantines_total,
             plugin_call_duration_seconds,
             plugin_reloads_total,
+            plugin_swaps_total,
+            plugin_swap_stall_seconds,
             actions_total,
             capability_denied_total,
             plugin_log_dropped_total,
@@ -488,6 +525,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Records the time a worker spent swapping `plugin` to a new generation.
+    pub fn plugin_swap_stall(&self, plugin: &str, via: impl AsRef<str>, duration: Duration) {
+        let labels = SwapLabels {
+            plugin: plugin.into(),
+            via: via.as_ref().into(),
+        };
+        self.plugin_swaps_total.get_or_create(&labels).inc();
+        self.plugin_swap_stall_seconds
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+    }
+
     pub fn action(&self, responder: &str, action: &str, result: &str) {
         self.actions_total
             .get_or_create(&ActionLabels {
@@ -602,6 +651,16 @@ impl Metrics {
         self.plugin_quarantines_total
             .get(&PluginLabels {
                 plugin: plugin.into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Swaps of `plugin` recorded with `via`.
+    pub fn swaps(&self, plugin: &str, via: impl AsRef<str>) -> u64 {
+        self.plugin_swaps_total
+            .get(&SwapLabels {
+                plugin: plugin.into(),
+                via: via.as_ref().into(),
             })
             .map_or(0, |c| c.get())
     }

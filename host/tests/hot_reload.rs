@@ -173,6 +173,19 @@ fn add_replace_broken_replace_and_delete_while_events_flow() {
     let mut order: Vec<&str> = versions.clone();
     order.dedup();
     assert_eq!(order, vec!["1", "2", "3"], "versions in event order");
+    // Both replaces reached the worker running `counter` as instances the reload path had
+    // already built and initialised: the worker never instantiated on a swap.
+    let metrics = &h.daemon.metrics;
+    assert_eq!(
+        metrics.swaps("counter", "handover"),
+        2,
+        "swaps via handover"
+    );
+    assert_eq!(
+        metrics.swaps("counter", "worker"),
+        0,
+        "swaps the worker paid for"
+    );
     eprintln!(
         "{total} events fed, {} counted ({first}..={last})",
         seen.len()

@@ -1,6 +1,9 @@
 //! A dispatch worker: owns one instance per plugin (created on the first batch it routes to
 //! that plugin, released when idle, recreated after a failure), drains its queue into batches,
-//! and calls each subscribed detector once per batch under the plugin's budget.
+//! and calls each subscribed detector once per batch under the plugin's budget. When a plugin
+//! it runs is replaced, it takes over the instance the reload path prepared for it (see
+//! `plugin::handover`) instead of instantiating on the hot path, and hands old instances to the
+//! reaper instead of tearing them down itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,10 +14,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::next_alert_id;
 use crate::alert::{Alert, Origin, Priority, HOST_ORIGIN};
 use crate::event::Event;
+use crate::metrics::SwapVia;
 use crate::plugin::bindings::types as wit;
 use crate::plugin::convert;
+use crate::plugin::handover::{Inbox, Prepared};
 use crate::plugin::instance::{CallError, FailureVerdict, Instance, LoadedPlugin};
-use crate::plugin::registry::Registry;
+use crate::plugin::registry::{PluginSet, Registry};
 
 /// Worker tuning.
 #[derive(Debug, Clone)]
@@ -32,6 +37,15 @@ pub struct Worker {
     settings: WorkerSettings,
     instances: HashMap<String, Instance>,
     last_sweep: Instant,
+    /// This worker's side of the handover.
+    inbox: Arc<Inbox>,
+    /// Prepared instances whose plugin set is not live yet (delivered just before it is).
+    staged: HashMap<String, Prepared>,
+    /// Generation of the plugin set the instances were last checked against.
+    seen_set: u64,
+    /// Plugins swapped without a prepared instance: the time spent so far, completed when the
+    /// worker instantiates the new generation itself.
+    cold_swaps: HashMap<String, Duration>,
 }
 
 impl Worker {
@@ -41,6 +55,7 @@ impl Worker {
         alerts: Sender<Alert>,
         settings: WorkerSettings,
     ) -> Self {
+        let inbox = registry.handover().register(id);
         Self {
             id,
             registry,
@@ -48,6 +63,10 @@ impl Worker {
             settings,
             instances: HashMap::new(),
             last_sweep: Instant::now(),
+            inbox,
+            staged: HashMap::new(),
+            seen_set: 0,
+            cold_swaps: HashMap::new(),
         }
     }
 
@@ -81,20 +100,109 @@ impl Worker {
 
     fn sweep_idle(&mut self) {
         self.last_sweep = Instant::now();
+        // A swap that arrived while the queue was quiet is done now, off the hot path.
+        let set = self.registry.snapshot();
+        if self.swap_due(&set) {
+            self.swap_in(&set);
+        }
         let idle = self.settings.idle_release;
-        self.instances
-            .retain(|_, inst| inst.last_used.elapsed() < idle);
+        let expired: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, inst)| inst.last_used.elapsed() >= idle)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let handover = self.registry.handover();
+        for name in expired {
+            if let Some(instance) = self.instances.remove(&name) {
+                self.inbox.set_running(&name, false);
+                handover.retire(instance);
+            }
+        }
+    }
+
+    /// Whether the plugin set changed or instances were handed over since the last check.
+    fn swap_due(&self, set: &PluginSet) -> bool {
+        set.generation != self.seen_set || self.inbox.has_pending() || !self.staged.is_empty()
+    }
+
+    /// Brings the instances in line with `set`: retires those of generations no longer
+    /// published and moves prepared instances of the new ones into place.
+    fn swap_in(&mut self, set: &PluginSet) {
+        let started = Instant::now();
+        let handover = self.registry.handover();
+        for prepared in self.inbox.take() {
+            if let Some(older) = self.staged.insert(prepared.plugin.clone(), prepared) {
+                handover.retire(older.instance);
+            }
+        }
+        let published = |name: &str| {
+            set.detectors
+                .iter()
+                .find(|p| p.name() == name)
+                .map(|p| p.generation)
+        };
+        let stale: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(name, inst)| published(name) != Some(inst.generation))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut swapped = Vec::new();
+        for name in stale {
+            if let Some(old) = self.instances.remove(&name) {
+                handover.retire(old);
+            }
+            if published(&name).is_some() {
+                swapped.push(name);
+            } else {
+                self.inbox.set_running(&name, false);
+            }
+        }
+        let live: Vec<String> = self
+            .staged
+            .iter()
+            .filter(|(_, p)| p.set_generation <= set.generation)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut installed = Vec::new();
+        for name in live {
+            let Some(prepared) = self.staged.remove(&name) else {
+                continue;
+            };
+            if published(&name) != Some(prepared.instance.generation) {
+                // Superseded (or unloaded) before this worker got to it.
+                handover.retire(prepared.instance);
+                continue;
+            }
+            let mut instance = prepared.instance;
+            instance.last_used = Instant::now();
+            if let Some(old) = self.instances.insert(name.clone(), instance) {
+                handover.retire(old);
+            }
+            self.inbox.set_running(&name, true);
+            installed.push(name);
+        }
+        self.cold_swaps.retain(|name, _| published(name).is_some());
+        self.seen_set = set.generation;
+        let took = started.elapsed();
+        let metrics = self.registry.metrics();
+        for name in &installed {
+            metrics.plugin_swap_stall(name, SwapVia::Handover, took);
+        }
+        for name in swapped {
+            if !installed.contains(&name) {
+                self.cold_swaps.insert(name, took);
+            }
+        }
     }
 
     /// Calls every subscribed detector once with its share of `batch`.
     pub fn process(&mut self, batch: &[Arc<Event>]) {
         let set = self.registry.snapshot();
-        // Drop instances of plugins that were removed or replaced.
-        self.instances.retain(|name, inst| {
-            set.detectors
-                .iter()
-                .any(|p| p.name() == name && p.generation == inst.generation)
-        });
+        if self.swap_due(&set) {
+            self.swap_in(&set);
+        }
         let mut full: Option<wit::EventBatch> = None;
         let mut subset_cache: Option<(Vec<usize>, wit::EventBatch)> = None;
         for plugin in &set.detectors {
@@ -151,13 +259,30 @@ impl Worker {
         let instance = match self.instances.entry(plugin.name().to_string()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Instance::start(self.registry.engine(), plugin)?)
+                let started = Instant::now();
+                let started_result = Instance::start(self.registry.engine(), plugin);
+                // A swap without a prepared instance: the worker pays for instantiation.
+                if let Some(before) = self.cold_swaps.remove(plugin.name()) {
+                    if started_result.is_ok() {
+                        self.registry.metrics().plugin_swap_stall(
+                            plugin.name(),
+                            SwapVia::Worker,
+                            before + started.elapsed(),
+                        );
+                    }
+                }
+                let instance = started_result?;
+                self.inbox.set_running(plugin.name(), true);
+                e.insert(instance)
             }
         };
         let result = instance.on_events(batch, plugin.limits.deadline, event_now);
         if result.is_err() {
-            // The Store is poisoned after a trap: the next batch gets a fresh instance.
-            self.instances.remove(plugin.name());
+            // The Store is poisoned after a trap: the next batch gets a fresh instance (the
+            // worker still counts as running the plugin, so a reload prepares one for it).
+            if let Some(poisoned) = self.instances.remove(plugin.name()) {
+                self.registry.handover().retire(poisoned);
+            }
         }
         result
     }

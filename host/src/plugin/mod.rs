@@ -5,6 +5,7 @@
 pub mod bindings;
 pub mod convert;
 pub mod engine;
+pub mod handover;
 pub mod host_impl;
 pub mod instance;
 pub mod manifest;

@@ -1,7 +1,9 @@
 //! The set of loaded plugins. Loads, swaps and unloads all go through `Registry` (serialised
 //! by one lock, so it behaves as a single actor); readers take a lock-free snapshot. A new
 //! version is compiled, linked, described, initialised and given a canary batch before it is
-//! published; if any step fails the previous version keeps running.
+//! published; if any step fails the previous version keeps running. Before publishing a
+//! detector, the registry prepares an initialised instance for every worker running it and
+//! hands them over (see `handover`), so a swap does not stall the workers on instantiation.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use arc_swap::ArcSwap;
 use super::bindings::{detector, responder};
 use super::convert;
 use super::engine::{EngineError, PluginEngine};
+use super::handover::{Handover, Inbox, Prepared};
 use super::host_impl::{ActionsAccess, LogLimiter, PluginContext};
 use super::instance::{FailurePolicy, Health, Instance, Limits, LoadedPlugin, Pre, RuleOverrides};
 use super::manifest::{merge_config, ManifestError, Sidecar};
@@ -170,6 +173,7 @@ pub struct Registry {
     settings: RegistrySettings,
     current: ArcSwap<PluginSet>,
     inner: Mutex<Inner>,
+    handover: Handover,
     /// Called with every published set, in publish order (see `on_publish`).
     listeners: Mutex<Vec<PublishListener>>,
 }
@@ -196,6 +200,7 @@ impl Registry {
                 states: HashMap::new(),
                 next_generation: 1,
             }),
+            handover: Handover::new(),
             listeners: Mutex::new(Vec::new()),
         }
     }
@@ -209,6 +214,11 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(listener);
+    }
+
+    /// Where workers register for prepared instances and retire old ones.
+    pub fn handover(&self) -> &Handover {
+        &self.handover
     }
 
     pub fn engine(&self) -> &Arc<PluginEngine> {
@@ -238,7 +248,9 @@ impl Registry {
         let result = self.prepare(req);
         let metrics = &self.settings.metrics;
         match result {
-            Ok((plugin, cache_hit)) => {
+            Ok((plugin, cache_hit, canary)) => {
+                // Built before taking the lock: instantiating may take milliseconds per worker.
+                let prepared = self.prepare_handover(&plugin, canary);
                 let mut inner = self.lock();
                 if let Some(other) = inner
                     .by_stem
@@ -259,6 +271,16 @@ impl Registry {
                     replaced: inner.by_stem.contains_key(&req.stem),
                     cache_hit,
                 };
+                // Delivered before the set that publishes them, under the same lock: a worker
+                // that sees the new set always finds its prepared instance already there.
+                let set_generation = inner.next_generation;
+                for (inbox, instance) in prepared {
+                    inbox.deliver(Prepared {
+                        plugin: plugin.name().to_string(),
+                        instance,
+                        set_generation,
+                    });
+                }
                 inner.by_stem.insert(req.stem.clone(), Arc::new(plugin));
                 self.publish(&mut inner);
                 metrics.plugin_reload(ReloadResult::Ok);
@@ -277,6 +299,39 @@ impl Registry {
         let removed = inner.by_stem.remove(stem)?;
         self.publish(&mut inner);
         Some(removed.name().to_string())
+    }
+
+    /// One initialised instance of `plugin` for every worker running a plugin of that name,
+    /// the first being the canary (initialised and already called once). Empty for responders
+    /// (the alert bus builds its own) and when prewarming is off. An instance that cannot be
+    /// built is left to the worker to build, as without a handover.
+    fn prepare_handover(
+        &self,
+        plugin: &LoadedPlugin,
+        canary: Instance,
+    ) -> Vec<(Arc<Inbox>, Instance)> {
+        if plugin.kind() != PluginKind::Detector || !self.handover.prewarm() {
+            return Vec::new();
+        }
+        let targets = self.handover.running(plugin.name());
+        let mut canary = Some(canary);
+        let mut prepared = Vec::with_capacity(targets.len());
+        for inbox in targets {
+            let instance = match canary.take() {
+                Some(canary) => Ok(canary),
+                None => Instance::start(&self.engine, plugin),
+            };
+            match instance {
+                Ok(instance) => prepared.push((inbox, instance)),
+                Err(error) => tracing::warn!(
+                    plugin = plugin.name(),
+                    worker = inbox.worker(),
+                    %error,
+                    "cannot prepare an instance for the handover; the worker will build its own"
+                ),
+            }
+        }
+        prepared
     }
 
     fn publish(&self, inner: &mut Inner) {
@@ -314,8 +369,9 @@ impl Registry {
         )
     }
 
-    /// Compiles, links, describes, initialises and smoke-tests a new generation.
-    fn prepare(&self, req: &LoadRequest) -> Result<(LoadedPlugin, bool), LoadError> {
+    /// Compiles, links, describes, initialises and smoke-tests a new generation. Returns the
+    /// plugin, whether the compile cache was hit, and the initialised canary instance.
+    fn prepare(&self, req: &LoadRequest) -> Result<(LoadedPlugin, bool, Instance), LoadError> {
         let file = req.wasm_path.display().to_string();
         let sidecar = match &req.sidecar {
             Some((path, text)) => Sidecar::from_toml_str(text, &path.display().to_string())?,
@@ -474,7 +530,7 @@ impl Registry {
                     .map_err(call_err("canary on-alerts"))?;
             }
         }
-        Ok((plugin, cache_hit))
+        Ok((plugin, cache_hit, canary))
     }
 
     fn validate_info(
