@@ -35,6 +35,23 @@ struct Row {
     reload_ms_median: f64,
     batch_us_median: f64,
     stall_us: Vec<f64>,
+    /// Mean of the worker's own `plugin_swap_stall_seconds` (the swap step alone, without the
+    /// fresh instance's first batch), µs.
+    in_worker_us: f64,
+}
+
+/// Mean of `palisade_plugin_swap_stall_seconds{plugin, via}` from the exposition, µs.
+fn in_worker_mean_us(daemon: &Daemon, plugin: &str, via: &str) -> f64 {
+    let text = daemon.metrics.encode();
+    let labels = format!("{{plugin=\"{plugin}\",via=\"{via}\"}}");
+    let value = |suffix: &str| {
+        let prefix = format!("palisade_plugin_swap_stall_seconds_{suffix}{labels} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    value("sum") / value("count") * 1e6
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -136,6 +153,7 @@ fn measure(
         rx.try_iter().for_each(drop);
     }
     stall_us.sort_by(f64::total_cmp);
+    let in_worker_us = in_worker_mean_us(&daemon, &name, if cold { "worker" } else { "handover" });
     Ok(Some(Row {
         plugin: name,
         mode: if cold {
@@ -147,6 +165,7 @@ fn measure(
         reload_ms_median: median(reload_ms),
         batch_us_median: median(steady_us),
         stall_us,
+        in_worker_us,
     }))
 }
 
@@ -196,13 +215,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "| plugin | swap | swaps | reload path ms (median) | batch µs (median, {} events) | stall µs median | p90 | max |",
+        "| plugin | swap | swaps | reload path ms (median) | batch µs (median, {} events) | stall µs median | p90 | max | swap step in worker µs (mean) |",
         events.len()
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
             r.plugin,
             r.mode,
             r.swaps,
@@ -211,6 +230,7 @@ fn main() -> anyhow::Result<()> {
             percentile(&r.stall_us, 0.5),
             percentile(&r.stall_us, 0.9),
             percentile(&r.stall_us, 1.0),
+            r.in_worker_us,
         );
     }
     let json: Vec<serde_json::Value> = rows
@@ -225,6 +245,7 @@ fn main() -> anyhow::Result<()> {
                 "stall_us_median": percentile(&r.stall_us, 0.5),
                 "stall_us_p90": percentile(&r.stall_us, 0.9),
                 "stall_us_max": percentile(&r.stall_us, 1.0),
+                "swap_step_in_worker_us_mean": r.in_worker_us,
             })
         })
         .collect();
