@@ -53,12 +53,14 @@ fn run_wire_batch<D: Detector>(detector: &mut D, batch: &w::EventBatch) -> Vec<A
     let processes: Vec<_> = batch.processes.iter().map(|p| strings.process(p)).collect();
     let mut alerts = Alerts::new();
     let mut bad_index = 0u32;
+    // One payload slot for the whole batch: its strings are reused from event to event.
+    let mut data = crate::model::EventData::Exit(0);
     for (i, event) in batch.events.iter().enumerate() {
         let Some(process) = processes.get(event.process as usize) else {
             bad_index += 1;
             continue;
         };
-        let data = strings.event_data(&event.data);
+        strings.event_data_into(&event.data, &mut data);
         let index = i as u32;
         alerts.set_event(index);
         detector.on_event(

@@ -101,6 +101,46 @@ impl<'a> Strings<'a> {
         }
     }
 
+    /// Copies `span` into `dst`, reusing its allocation.
+    fn fill(&self, dst: &mut String, span: w::Span) {
+        dst.clear();
+        dst.push_str(self.get(span));
+    }
+
+    /// Decodes `data` into `slot`, reusing the strings `slot` already owns when it holds the
+    /// same kind of payload: a batch is mostly runs of one kind (opens), so after the first
+    /// event the guest allocates nothing per event. Other kinds are decoded afresh.
+    pub(crate) fn event_data_into(&self, data: &w::EventData, slot: &mut EventData) {
+        use w::EventData as W;
+        match (data, &mut *slot) {
+            (W::FileOpen(f), EventData::FileOpen(d)) => {
+                self.fill(&mut d.path, f.path);
+                d.open_flags = f.open_flags;
+                d.mode = f.mode;
+                d.result = f.result;
+            }
+            (W::FileUnlink(path), EventData::FileUnlink(d)) => self.fill(d, *path),
+            (W::FileChmod(c), EventData::FileChmod(d)) => {
+                self.fill(&mut d.path, c.path);
+                d.mode = c.mode;
+            }
+            (W::FileRename(r), EventData::FileRename(d)) => {
+                self.fill(&mut d.from, r.from);
+                self.fill(&mut d.to, r.to);
+            }
+            (W::NetConnect(c), EventData::NetConnect(d))
+            | (W::NetAccept(c), EventData::NetAccept(d)) => {
+                d.family = c.family;
+                d.protocol = c.protocol;
+                self.fill(&mut d.saddr, c.saddr);
+                d.sport = c.sport;
+                self.fill(&mut d.daddr, c.daddr);
+                d.dport = c.dport;
+            }
+            _ => *slot = self.event_data(data),
+        }
+    }
+
     pub(crate) fn event_data(&self, data: &w::EventData) -> EventData {
         use w::EventData as W;
         match data {
@@ -463,6 +503,34 @@ mod tests {
             })
             .collect();
         assert_eq!(events, batch.events);
+        assert_eq!(strings.bad_spans(), 0);
+    }
+
+    #[test]
+    fn decoding_into_a_reused_slot_matches_a_fresh_decode() {
+        // Runs of one kind (where strings are reused), with longer and shorter strings than the
+        // previous event's, and every switch between kinds.
+        let mut datas = every_kind();
+        datas.extend(every_kind().into_iter().rev());
+        for path in ["/a/much/longer/path/than/before", "/x", ""] {
+            datas.push(EventData::FileOpen(FileOpenData {
+                path: path.into(),
+                open_flags: 1,
+                mode: 0o600,
+                result: Some(-13),
+            }));
+        }
+        let mut batch = EventBatch::new();
+        for (i, data) in datas.into_iter().enumerate() {
+            batch.push(&process(1), i as u64, data);
+        }
+        let wire = encode_batch(&batch);
+        let strings = Strings::new(&wire.strings);
+        let mut slot = EventData::Exit(0);
+        for (event, expected) in wire.events.iter().zip(&batch.events) {
+            strings.event_data_into(&event.data, &mut slot);
+            assert_eq!(slot, expected.data);
+        }
         assert_eq!(strings.bad_spans(), 0);
     }
 
