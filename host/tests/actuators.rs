@@ -29,16 +29,9 @@ use palisade::actions::{
 use palisade::capability::Capability;
 use palisade::config::Config;
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
+use root::is_root;
 
 /// True (and a loud line on stderr) when the test cannot run here.
 fn skip(test: &str) -> bool {

@@ -34,26 +34,15 @@ use palisade::actions::{
 use palisade::capability::Capability;
 use palisade::config::Config;
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
 
 /// True (and a loud line on stderr) when the test cannot run here.
 fn skip(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    use std::io::Write;
-    let _ =
-        std::io::stderr().write_all(format!("SKIPPED (needs root): enforce::{test}\n").as_bytes());
-    true
+    root::skip_unless_root(
+        &format!("enforce::{test}"),
+        "loads eBPF enforcement programs",
+    )
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -22,17 +22,9 @@ use palisade::actions::fanotify::{
 use palisade::actions::{ActionRequest, ActiveAction, Actuator, ExecContext, Mode, Outcome};
 use palisade::capability::Capability;
 
-fn is_root() -> bool {
-    // Reading our own effective uid without libc: the fourth field of /proc/self/status Uid.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
+use root::is_root;
 
 macro_rules! require_root {
     ($name:expr) => {

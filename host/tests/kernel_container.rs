@@ -21,16 +21,9 @@ use palisade::event::{Event, EventData};
 
 const WAIT: Duration = Duration::from_secs(2);
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
+use root::is_root;
 
 /// `true` when the test must be skipped; says so on the stderr handle (libtest captures
 /// `eprintln!` of passing tests, and a skip must never be silent).

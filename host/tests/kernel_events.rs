@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,33 +34,12 @@ const WAIT: Duration = Duration::from_secs(2);
 const ACTION_ENV: &str = "PALISADE_KTEST_ACTION";
 const ARG_ENV: &str = "PALISADE_KTEST_ARG";
 
-static SKIPS: AtomicUsize = AtomicUsize::new(0);
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
 
 /// `true` when the test must be skipped (and says so, loudly, with a running count).
 fn skip(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    let n = SKIPS.fetch_add(1, Ordering::SeqCst) + 1;
-    // Written to the stderr handle directly: libtest captures `eprintln!` of passing tests, and
-    // a skip must never be silent.
-    let line = format!(
-        "SKIPPED (needs root): kernel_events::{test} loads eBPF programs \
-         [{n} kernel test(s) skipped so far]\n"
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    true
+    root::skip_unless_root(&format!("kernel_events::{test}"), "loads eBPF programs")
 }
 
 /// Keeps the most recent events for the tests to search.

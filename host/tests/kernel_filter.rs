@@ -31,24 +31,11 @@ const WATCHED: &str = "/tmp/palisade-kfilter/watched";
 /// The tests share the prefix the plugin watches: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
 
 fn skip(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    let line = format!("SKIPPED (needs root): kernel_filter::{test} loads eBPF programs\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    true
+    root::skip_unless_root(&format!("kernel_filter::{test}"), "loads eBPF programs")
 }
 
 fn note(line: &str) {

@@ -45,16 +45,9 @@ use support::*;
 const ACTION_ENV: &str = "PALISADE_OVERHEAD_ACTION";
 const ARG_ENV: &str = "PALISADE_OVERHEAD_ARG";
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
+use root::is_root;
 
 /// Entry of the workload helper (this binary re-executed); a no-op in a normal run.
 #[test]

@@ -65,22 +65,15 @@ const PACK: &[&str] = &[
 /// How long the alerts of all behaviours may take to arrive on a loaded 2-core machine.
 const ALERT_WAIT: Duration = Duration::from_secs(20);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+#[path = "support/root.rs"]
+mod root;
 
 /// `true` when the test must be skipped (and says so, loudly).
 fn skip(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    // Written to the stderr handle directly: libtest captures `eprintln!` of passing tests.
-    let line = format!(
-        "SKIPPED (needs root): pack_live::{test} runs the pack on the kernel (eBPF) source\n"
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    true
+    root::skip_unless_root(
+        &format!("pack_live::{test}"),
+        "runs the pack on the kernel (eBPF) source",
+    )
 }
 
 /// Sits between the kernel source and the pipeline: remembers every process's parent (for

@@ -46,23 +46,15 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Daemons on the kernel source see each other's children: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    #[expect(unsafe_code, reason = "geteuid through libc")]
-    let uid = unsafe { libc::geteuid() };
-    uid == 0
-}
+#[path = "support/root.rs"]
+mod root;
 
 /// True (and a loud line on stderr, past libtest's capture) when the test cannot run here.
 fn skip(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    let line = format!(
-        "SKIPPED (needs root): passwd_guard::{test} runs the daemon on the kernel source and kills\n"
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    true
+    root::skip_unless_root(
+        &format!("passwd_guard::{test}"),
+        "runs the daemon on the kernel source and kills",
+    )
 }
 
 fn load_average() -> f64 {

@@ -27,16 +27,9 @@ fn palisade() -> Command {
     cmd
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+#[path = "support/root.rs"]
+mod root;
+use root::is_root;
 
 fn skip(test: &str, why: &str) {
     let _ = std::io::stderr().write_all(format!("SKIPPED ({why}): record::{test}\n").as_bytes());

@@ -353,7 +353,12 @@ impl Registry {
         }
         let set = Arc::new(set);
         self.current.store(Arc::clone(&set));
-        for listener in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             listener(&set);
         }
     }
