@@ -405,14 +405,25 @@ fn palisade_bin(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `target/compile-cache` beside the `target/release/palisade` binary.
+fn bin_cache_dir(bin: &Path) -> PathBuf {
+    bin.parent()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("compile-cache")
+}
+
 fn run_palisade(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
     let line = args
         .iter()
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
+    // One compile cache for every run: each fixture of a Python or JavaScript plugin would
+    // otherwise compile its interpreter again.
     let status = Command::new(bin)
         .args(args)
+        .env("PALISADE_CACHE_DIR", bin_cache_dir(bin))
         .stdin(Stdio::null())
         .status()
         .with_context(|| format!("running palisade {line}"))?;

@@ -210,13 +210,17 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A daemon with a scratch compile cache and audit log, to validate plugins without touching
-/// the system's.
+/// A daemon with a scratch audit log and, unless `PALISADE_CACHE_DIR` names one, a scratch
+/// compile cache, to validate plugins without touching the system's. A named cache lets repeated
+/// `plugin test` runs skip recompiling (seconds for the Python and JavaScript interpreters).
 fn scratch_daemon() -> Result<(Daemon, ScratchDir)> {
     let mut config = Config::load(None, &Overrides::default())?;
     let scratch =
         ScratchDir(std::env::temp_dir().join(format!("palisade-pack-{}", std::process::id())));
-    config.plugins.cache_dir = scratch.0.join("cache");
+    let cache_named = std::env::var_os("PALISADE_CACHE_DIR").is_some_and(|v| !v.is_empty());
+    if !cache_named {
+        config.plugins.cache_dir = scratch.0.join("cache");
+    }
     config.actions.audit_log = scratch.0.join("audit.jsonl");
     Ok((Daemon::build(config, true)?, scratch))
 }
