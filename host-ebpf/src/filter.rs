@@ -53,6 +53,12 @@ fn word(kind: u32) -> u32 {
     FILTER.get(kind).copied().unwrap_or(0)
 }
 
+/// Whether any plugin wants events of `kind` at all (the kind is not dropped outright).
+#[inline(always)]
+pub(crate) fn kind_wanted(kind: u32) -> bool {
+    word(kind) & FILTER_DROP == 0
+}
+
 /// Counts an event of `kind` dropped in the kernel.
 #[inline(always)]
 pub(crate) fn reject(kind: u32) {

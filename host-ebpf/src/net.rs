@@ -1,7 +1,10 @@
 //! Network events: connect (the sockaddr the caller passed), accept (the peer sockaddr the
 //! kernel wrote back, read at syscall exit; the user pointer is stashed per thread at entry),
 //! listen (`sock/inet_sock_set_state` to TCP_LISTEN, which runs in the caller's context and
-//! carries family, protocol and the bound address) and socket creation.
+//! carries family, protocol and the bound address) and socket creation. The local end of an
+//! accepted connection is not in accept's arguments: the same state tracepoint records it when a
+//! passive connection becomes established (SYN_RECV -> ESTABLISHED, before accept can return
+//! it), keyed by the peer, and accept's exit looks it up by the peer address it read.
 
 use aya_ebpf::{
     helpers::generated as h,
@@ -22,7 +25,33 @@ use crate::{
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_LISTEN: i32 = 10;
+
+/// The remote end of a TCP connection as accept reports it (port in host order; an IPv4
+/// address in the first four bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PeerKey {
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+}
+
+/// The local end of an established passive connection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LocalEnd {
+    addr: [u8; 16],
+    port: u16,
+    _pad: u16,
+}
+
+/// Local ends of passive connections not yet accepted, by peer. LRU: a connection never
+/// accepted (or accepted by a process whose accept is filtered) ages out.
+#[map]
+static ACCEPT_LOCAL: LruHashMap<PeerKey, LocalEnd> = LruHashMap::with_max_entries(8192, 0);
 
 /// accept(4) entry arguments by thread id, consumed at exit.
 #[map]
@@ -155,6 +184,17 @@ fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
                 ) < 0
                 {
                     (*r).hdr.flags |= FLAG_READ_FAILED;
+                } else if kind == KIND_NET_ACCEPT {
+                    let peer = PeerKey {
+                        family,
+                        port,
+                        addr: (*r).daddr,
+                    };
+                    if let Some(local) = ACCEPT_LOCAL.get_ptr(&peer) {
+                        (*r).saddr = (*local).addr;
+                        (*r).sport = (*local).port;
+                        let _ = ACCEPT_LOCAL.remove(&peer);
+                    }
                 }
             }
         }
@@ -166,6 +206,10 @@ fn emit_sockaddr(kind: u32, addr: u64, fd: i32) {
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from sock/inet_sock_set_state/format.
     let newstate = unsafe { ctx.read_at::<i32>(20).unwrap_or(0) };
+    if newstate == TCP_ESTABLISHED {
+        remember_local_end(&ctx);
+        return 0;
+    }
     if newstate != TCP_LISTEN {
         return 0;
     }
@@ -201,14 +245,57 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         (*r).saddr = if family == AF_INET6 {
             ctx.read_at::<[u8; 16]>(40).unwrap_or([0; 16])
         } else {
-            let v4 = ctx.read_at::<[u8; 4]>(32).unwrap_or([0; 4]);
-            [
-                v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ]
+            v4_in_16(ctx.read_at::<[u8; 4]>(32).unwrap_or([0; 4]))
         };
     }
     submit(entry, KIND_NET_LISTEN);
     0
+}
+
+/// Records the local end of a passive TCP connection that just became established, for
+/// accept's exit to find by peer. Runs in whatever context completed the handshake (often a
+/// softirq), so no process is involved; only done while some plugin wants accept events.
+#[inline(always)]
+fn remember_local_end(ctx: &TracePointContext) {
+    // SAFETY: offsets from sock/inet_sock_set_state/format (oldstate @16).
+    let oldstate = unsafe { ctx.read_at::<i32>(16).unwrap_or(0) };
+    if oldstate != TCP_SYN_RECV || !filter::kind_wanted(KIND_NET_ACCEPT) {
+        return;
+    }
+    // SAFETY: offsets from the format: sport @24, dport @26, family @28, saddr @32, daddr @36,
+    // saddr_v6 @40, daddr_v6 @56; ports are in host order there, as accept's key is.
+    unsafe {
+        let family = ctx.read_at::<u16>(28).unwrap_or(0);
+        let (local, peer) = if family == AF_INET6 {
+            (
+                ctx.read_at::<[u8; 16]>(40).unwrap_or([0; 16]),
+                ctx.read_at::<[u8; 16]>(56).unwrap_or([0; 16]),
+            )
+        } else {
+            let s = ctx.read_at::<[u8; 4]>(32).unwrap_or([0; 4]);
+            let d = ctx.read_at::<[u8; 4]>(36).unwrap_or([0; 4]);
+            (v4_in_16(s), v4_in_16(d))
+        };
+        let key = PeerKey {
+            family,
+            port: ctx.read_at::<u16>(26).unwrap_or(0),
+            addr: peer,
+        };
+        let value = LocalEnd {
+            addr: local,
+            port: ctx.read_at::<u16>(24).unwrap_or(0),
+            _pad: 0,
+        };
+        let _ = ACCEPT_LOCAL.insert(&key, &value, 0);
+    }
+}
+
+/// An IPv4 address in the first four bytes of a 16-byte field, the rest zero.
+#[inline(always)]
+fn v4_in_16(v4: [u8; 4]) -> [u8; 16] {
+    [
+        v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]

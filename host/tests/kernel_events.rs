@@ -525,6 +525,11 @@ fn net_listen_and_accept() {
         ("127.0.0.1", client_port),
         "peer address"
     );
+    assert_eq!(
+        (c.saddr.as_str(), c.sport),
+        ("127.0.0.1", port),
+        "local address (recorded when the connection was established)"
+    );
 }
 
 #[test]
