@@ -88,6 +88,22 @@ pub fn notify(channel: &str, message: &str, alert_id: &str) -> Result<Receipt, A
     imp::notify(channel, message, alert_id)
 }
 
+/// [`notify`], with the outcome logged: a refusal by the broker (not granted, rate limited) is a
+/// warning, never retried, which is what a responder wants from a notification.
+pub fn notify_or_log(channel: &str, message: &str, alert_id: &str) {
+    match notify(channel, message, alert_id) {
+        Ok(receipt) => crate::debug!(
+            "notified `{channel}` for alert {alert_id} ({}, action {})",
+            receipt.mode.as_str(),
+            receipt.id
+        ),
+        Err(e) => crate::warn!(
+            "notify on `{channel}` for alert {alert_id} refused: {}",
+            e.reason()
+        ),
+    }
+}
+
 /// Undoes an earlier action of this responder.
 pub fn release(action_id: &str) -> Result<(), ActionError> {
     imp::release(action_id)

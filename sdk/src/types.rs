@@ -375,6 +375,16 @@ impl RoutedAlert {
     pub fn priority(&self) -> Priority {
         self.alert.priority
     }
+
+    /// `[PRIORITY] rule: message`, the head of a notification about this alert.
+    pub fn headline(&self) -> String {
+        format!(
+            "[{}] {}: {}",
+            self.alert.priority.as_str().to_ascii_uppercase(),
+            self.alert.rule,
+            self.alert.message
+        )
+    }
 }
 
 impl Process {

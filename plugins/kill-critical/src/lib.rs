@@ -37,21 +37,8 @@ impl KillCritical {
         if self.channel.is_empty() {
             return;
         }
-        let text = format!(
-            "[{}] {}: {} (plugin {}); {outcome}",
-            alert.alert.priority.as_str().to_ascii_uppercase(),
-            alert.alert.rule,
-            alert.alert.message,
-            alert.plugin,
-        );
-        if let Err(e) = actions::notify(&self.channel, &text, &alert.id) {
-            palisade_sdk::warn!(
-                "notify on `{}` for alert {} refused: {}",
-                self.channel,
-                alert.id,
-                e.reason()
-            );
-        }
+        let text = format!("{} (plugin {}); {outcome}", alert.headline(), alert.plugin);
+        actions::notify_or_log(&self.channel, &text, &alert.id);
     }
 }
 

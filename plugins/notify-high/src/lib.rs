@@ -20,12 +20,10 @@ pub struct NotifyHigh {
 /// The notification text: priority, rule, the detector's message and where it came from.
 fn notification(alert: &RoutedAlert) -> String {
     let mut text = format!(
-        "[{}] {}: {} (plugin {} {}",
-        alert.alert.priority.as_str().to_ascii_uppercase(),
-        alert.alert.rule,
-        alert.alert.message,
+        "{} (plugin {} {}",
+        alert.headline(),
         alert.plugin,
-        alert.plugin_version,
+        alert.plugin_version
     );
     if let Some(p) = &alert.process {
         text.push_str(&format!(", pid {}", p.pid));
@@ -75,21 +73,7 @@ impl Responder for NotifyHigh {
         {
             return;
         }
-        match actions::notify(&self.channel, &notification(alert), &alert.id) {
-            Ok(receipt) => palisade_sdk::debug!(
-                "notified `{}` for alert {} ({}, action {})",
-                self.channel,
-                alert.id,
-                receipt.mode.as_str(),
-                receipt.id
-            ),
-            Err(e) => palisade_sdk::warn!(
-                "notify on `{}` for alert {} refused: {}",
-                self.channel,
-                alert.id,
-                e.reason()
-            ),
-        }
+        actions::notify_or_log(&self.channel, &notification(alert), &alert.id);
     }
 }
 
