@@ -423,7 +423,15 @@ impl Daemon {
             Arc::clone(&self.clock),
             source_name,
             PipelineOptions {
-                workers: engine.workers,
+                // Replay runs on one worker: the event-time clock and the plugins' shared state
+                // then see events in file order, so a cross-process sequence (connect in one
+                // process, shell in another) gives the same alerts on every run. With several
+                // workers their interleaving, and so the alerts, varied from run to run.
+                workers: if self.clock.follows_events() {
+                    1
+                } else {
+                    engine.workers
+                },
                 queue_capacity: engine.queue_capacity,
                 alert_queue_capacity: engine.alert_queue_capacity,
                 // Replay runs one event per call so every call sees its own event's time
