@@ -15,6 +15,7 @@
 #![no_std]
 
 pub mod enforce;
+pub mod kernel;
 
 /// Length of one path/name buffer, NUL included. Longer strings are cut and flagged.
 pub const PATH_LEN: usize = 256;
