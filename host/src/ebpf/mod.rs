@@ -19,6 +19,7 @@ use crate::event::source::{
 };
 use crate::event::EventKind;
 
+pub mod btf;
 pub mod decode;
 pub mod drops;
 pub mod filter;
