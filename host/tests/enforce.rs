@@ -1,7 +1,10 @@
 //! The kernel-backed actuators block-exec and network-quarantine against real processes,
 //! cgroups and sockets (root only; each test prints a loud SKIPPED line and returns when not
 //! root): a blocked binary dies of SIGKILL before its side effect while another runs, by path
-//! and by sha256, through the broker with audit and monitor mode; a quarantined cgroup cannot
+//! and by sha256, through the broker with audit and monitor mode, whatever name runs it (an
+//! absolute or relative path, a symlink, a hard link, /proc/self/fd, execveat, a bind mount),
+//! path-only when identity matching is off; a copy of a sha256-blocked file made after the
+//! rule is refused (fanotify exec check); a quarantined cgroup cannot
 //! connect to a loopback listener while the test's own cgroup can (and can with
 //! `allow_loopback`); both survive a broker restart and are released by the real
 //! `palisade actions release`. Every test pins under its own bpffs directory, removed by a
@@ -158,7 +161,128 @@ fn settings(pins: &PinDir, allow_loopback: bool) -> EnforceSettings {
         pin_dir: pins.0.clone(),
         allow_loopback,
         hash_roots: Vec::new(),
+        inode_match: true,
+        exec_check: Default::default(),
     }
+}
+
+/// A copy of `touch` whose contents no other file has (bytes appended after the ELF image),
+/// so a sha256 rule on it blocks nothing else on the machine.
+fn unique_touch(dir: &Path, name: &str) -> PathBuf {
+    let path = touch_copy(dir, name);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.extend_from_slice(format!("palisade-test {}", unique(name)).as_bytes());
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn held(id: &str, request: &ActionRequest, handle: &str) -> palisade::actions::ActiveAction {
+    palisade::actions::ActiveAction {
+        id: id.into(),
+        responder: "r".into(),
+        capability: Capability::BlockExec,
+        request: request.clone(),
+        alert_id: "a".into(),
+        mode: Mode::Enforce,
+        since: std::time::SystemTime::now(),
+        handle: handle.into(),
+    }
+}
+
+/// Runs the file open as `fd` with `execveat(fd, "", argv, envp, AT_EMPTY_PATH)` (what
+/// `fexecve` does), passing `marker` as its argument.
+fn run_execveat(bin: &Path, marker: &Path) -> ExitStatus {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let file = fs::File::open(bin).unwrap();
+    let fd = file.as_raw_fd();
+    let arg0 = std::ffi::CString::new("execveat-child").unwrap();
+    let arg1 = std::ffi::CString::new(marker.as_os_str().as_bytes()).unwrap();
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: only an async-signal-safe syscall runs in the child (the pointer arrays live on
+    // its stack; the strings were allocated before the fork).
+    #[expect(unsafe_code, reason = "pre_exec and execveat")]
+    unsafe {
+        cmd.pre_exec(move || {
+            let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    let status = cmd.status().unwrap();
+    drop(file);
+    status
+}
+
+/// The ways a test runs `bin`, each with its own marker under `dir`, so a side effect is
+/// attributed to the form that caused it: (form, status, marker).
+fn run_every_way(bin: &Path, dir: &Path, round: &str) -> Vec<(&'static str, ExitStatus, PathBuf)> {
+    let m = |form: &str| dir.join(format!("marker-{round}-{form}"));
+    let name = bin.file_name().unwrap().to_str().unwrap();
+    let bin_dir = bin.parent().unwrap();
+    let links = dir.join(format!("links-{round}"));
+    fs::create_dir_all(&links).unwrap();
+    let symlink = links.join("via-symlink");
+    std::os::unix::fs::symlink(bin, &symlink).unwrap();
+    let hardlink = links.join("via-hardlink");
+    fs::hard_link(bin, &hardlink).unwrap();
+    let mut out = Vec::new();
+    let (marker, status) = (m("absolute"), run(bin, &m("absolute")));
+    out.push(("absolute", status, marker));
+    let marker = m("relative");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && exec ./{name} {}",
+            bin_dir.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    out.push(("relative", status, marker));
+    let marker = m("symlink");
+    out.push(("symlink", run_via_shell(&symlink, &marker), marker));
+    let marker = m("hardlink");
+    out.push(("hardlink", run_via_shell(&hardlink, &marker), marker));
+    let marker = m("proc-fd");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3< {} && exec /proc/self/fd/3 {}",
+            bin.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    out.push(("proc-fd", status, marker));
+    let marker = m("execveat");
+    out.push(("execveat", run_execveat(bin, &marker), marker));
+    // A bind mount of the binary's directory: same file, another path and mount.
+    let mnt = dir.join(format!("bind-{round}"));
+    fs::create_dir_all(&mnt).unwrap();
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(bin_dir)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(bound, "bind mount for the test");
+    let marker = m("bind-mount");
+    let status = run_via_shell(&mnt.join(name), &marker);
+    let _ = Command::new("umount").arg(&mnt).status();
+    out.push(("bind-mount", status, marker));
+    fs::remove_dir_all(&links).unwrap();
+    out
 }
 
 fn exec_ctx(action_id: &str) -> ExecContext<'_> {
@@ -275,6 +399,152 @@ fn blocked_binary_dies_before_running_while_others_run() {
 }
 
 #[test]
+fn blocked_binary_dies_whatever_name_runs_it() {
+    if skip("blocked_binary_dies_whatever_name_runs_it") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("bin");
+    fs::create_dir(&bin_dir).unwrap();
+    let blocked = touch_copy(&bin_dir, "blocked-touch");
+    let other = touch_copy(&bin_dir, "other-touch");
+    let enforcer = Arc::new(Enforcer::new(settings(&pins, false)));
+    let act = BlockExecActuator::new(Arc::clone(&enforcer));
+    let req = ActionRequest::BlockExec(ExecMatch::Path(blocked.display().to_string()));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("act-any-1"), &req).unwrap() else {
+        panic!("block-exec holds state");
+    };
+    assert_eq!(
+        enforcer.inode_blocking(),
+        Some(true),
+        "BTF offsets resolved on this kernel"
+    );
+    assert_eq!(enforcer.blocked_files().len(), 1, "{handle}");
+
+    for (form, status, marker) in run_every_way(&blocked, dir.path(), "blocked") {
+        assert_eq!(status.signal(), Some(9), "{form}: {status:?}");
+        assert!(!marker.exists(), "{form}: the blocked binary ran user code");
+    }
+    let other_marker = dir.path().join("other-marker");
+    assert!(run(&other, &other_marker).success());
+    assert!(other_marker.exists(), "an unrelated binary runs");
+    let counters = enforcer.block_counters().unwrap();
+    // Every form but the absolute path (which the path key may catch first) needs identity.
+    assert!(counters.killed_by_inode >= 6, "{counters:?}");
+    assert_eq!(counters.signal_failed, 0);
+
+    act.release(&held("act-any-1", &req, &handle)).unwrap();
+    assert!(enforcer.blocked_files().is_empty() && enforcer.blocked_keys().is_empty());
+    for (form, status, marker) in run_every_way(&blocked, dir.path(), "released") {
+        assert!(status.success(), "{form} after release: {status:?}");
+        assert!(marker.exists(), "{form} after release: ran");
+    }
+}
+
+#[test]
+fn without_identity_matching_blocks_fall_back_to_the_path() {
+    if skip("without_identity_matching_blocks_fall_back_to_the_path") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = touch_copy(dir.path(), "blocked-touch");
+    let enforcer = Arc::new(Enforcer::new(EnforceSettings {
+        inode_match: false,
+        ..settings(&pins, false)
+    }));
+    let act = BlockExecActuator::new(Arc::clone(&enforcer));
+    let req = ActionRequest::BlockExec(ExecMatch::Path(blocked.display().to_string()));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("act-path-1"), &req).unwrap() else {
+        panic!("held");
+    };
+    assert_eq!(enforcer.inode_blocking(), Some(false));
+    assert!(
+        enforcer.blocked_files().is_empty(),
+        "no identity keys: {handle}"
+    );
+    let marker = dir.path().join("marker");
+    assert_eq!(
+        run(&blocked, &marker).signal(),
+        Some(9),
+        "the path still matches"
+    );
+    assert!(!marker.exists());
+    // What identity matching adds: a relative name is not caught without it.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && exec ./blocked-touch {}",
+            dir.path().display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success() && marker.exists(), "{status:?}");
+    assert!(enforcer.block_counters().unwrap().inode_unavailable >= 2);
+    act.release(&held("act-path-1", &req, &handle)).unwrap();
+}
+
+#[test]
+fn sha256_rule_refuses_a_copy_made_after_the_rule() {
+    if skip("sha256_rule_refuses_a_copy_made_after_the_rule") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    // The payload exists only in memory when the rule is made: no file carries the hash yet.
+    let payload = {
+        let p = unique_touch(dir.path(), "payload");
+        let bytes = fs::read(&p).unwrap();
+        fs::remove_file(&p).unwrap();
+        bytes
+    };
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&payload))
+    };
+    let enforcer = Arc::new(Enforcer::new(EnforceSettings {
+        hash_roots: vec![dir.path().to_path_buf()],
+        ..settings(&pins, false)
+    }));
+    let act = BlockExecActuator::new(Arc::clone(&enforcer));
+    let req = ActionRequest::BlockExec(ExecMatch::Sha256(hash.clone()));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("act-copy-1"), &req).unwrap() else {
+        panic!("a hash no file carries yet is held for the exec check");
+    };
+    assert_eq!(enforcer.blocked_hashes(), std::slice::from_ref(&hash));
+
+    // A copy written after the rule, in another directory, under another name.
+    let later = dir.path().join("later");
+    fs::create_dir(&later).unwrap();
+    let copy = later.join("renamed-copy");
+    fs::write(&copy, &payload).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let marker = dir.path().join("marker");
+    let err = Command::new(&copy).arg(&marker).status().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    // From a shell, another parent: refused too (sh reports 126, cannot execute).
+    let status = run_via_shell(&copy, &marker);
+    assert_eq!(status.code(), Some(126), "{status:?}");
+    assert!(!marker.exists(), "the copy ran user code");
+    // An unrelated binary runs, and the daemon (this process) may read the copy.
+    let other = touch_copy(dir.path(), "other-touch");
+    let other_marker = dir.path().join("other-marker");
+    assert!(run(&other, &other_marker).success() && other_marker.exists());
+    assert_eq!(fs::read(&copy).unwrap(), payload);
+    let counters = enforcer.exec_check_counters().unwrap();
+    assert!(counters.denied >= 2 && counters.hashed >= 1, "{counters:?}");
+
+    // Released from another process (as `palisade actions release` does: a new enforcer on
+    // the same pins): this process's exec check lets the copy run at once.
+    let cli = BlockExecActuator::new(Arc::new(Enforcer::new(settings(&pins, false))));
+    cli.release(&held("act-copy-1", &req, &handle)).unwrap();
+    assert!(enforcer.blocked_hashes().is_empty());
+    assert!(run(&copy, &marker).success() && marker.exists(), "released");
+}
+
+#[test]
 fn monitor_mode_blocks_nothing() {
     if skip("monitor_mode_blocks_nothing") {
         return;
@@ -313,10 +583,12 @@ fn sha256_rule_blocks_the_files_carrying_the_hash() {
     }
     let pins = PinDir::new();
     let dir = tempfile::tempdir().unwrap();
-    let a = touch_copy(dir.path(), "a");
+    // Unique contents: the rule's exec check sees every exec on the machine.
+    let a = unique_touch(dir.path(), "a");
     let sub = dir.path().join("sub");
     fs::create_dir(&sub).unwrap();
-    let b = touch_copy(&sub, "b");
+    let b = sub.join("b");
+    fs::copy(&a, &b).unwrap();
     let other = dir.path().join("other");
     fs::copy("/usr/bin/true", &other).unwrap();
     let hash = {
@@ -341,13 +613,19 @@ fn sha256_rule_blocks_the_files_carrying_the_hash() {
     want.sort();
     assert_eq!(keys, want);
     let marker = dir.path().join("marker");
-    assert_eq!(run(&a, &marker).signal(), Some(9));
-    assert_eq!(run(&b, &marker).signal(), Some(9));
+    // The exec check answers at open, before the exec program would kill: EPERM.
+    for bin in [&a, &b] {
+        let err = Command::new(bin).arg(&marker).status().unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EPERM),
+            "{}: {err}",
+            bin.display()
+        );
+    }
     assert!(!marker.exists());
     assert!(Command::new(&other).status().unwrap().success());
-    let counters = enforcer.block_counters().unwrap();
-    assert!(counters.killed >= 2, "{counters:?}");
-    assert_eq!(counters.signal_failed, 0);
+    assert!(enforcer.exec_check_counters().unwrap().denied >= 2);
 
     // A second rule on the same file: releasing the first keeps the second.
     let path_req = ActionRequest::BlockExec(ExecMatch::Path(a.display().to_string()));
@@ -357,16 +635,6 @@ fn sha256_rule_blocks_the_files_carrying_the_hash() {
     else {
         panic!("held");
     };
-    let held = |id: &str, request: &ActionRequest, handle: &str| palisade::actions::ActiveAction {
-        id: id.into(),
-        responder: "r".into(),
-        capability: Capability::BlockExec,
-        request: request.clone(),
-        alert_id: "a".into(),
-        mode: Mode::Enforce,
-        since: std::time::SystemTime::now(),
-        handle: handle.into(),
-    };
     act.release(&held("act-sha-1", &req, &handle)).unwrap();
     assert_eq!(run(&a, &marker).signal(), Some(9), "still blocked by path");
     assert!(run(&b, &marker).success());
@@ -374,11 +642,12 @@ fn sha256_rule_blocks_the_files_carrying_the_hash() {
         .unwrap();
     assert!(run(&a, &marker).success());
     assert!(enforcer.blocked_keys().is_empty());
+    assert!(enforcer.blocked_files().is_empty() && enforcer.blocked_hashes().is_empty());
 
-    // A hash no file carries is refused, not held.
-    let none = ActionRequest::BlockExec(ExecMatch::Sha256("00".repeat(32)));
+    // A malformed hash is refused, not held.
+    let bad = ActionRequest::BlockExec(ExecMatch::Sha256("00".repeat(31)));
     assert!(matches!(
-        act.execute(&exec_ctx("act-none-3"), &none),
+        act.execute(&exec_ctx("act-bad-3"), &bad),
         Err(palisade::actions::ActionError::InvalidTarget(_))
     ));
 }
@@ -543,7 +812,13 @@ fn blocks_and_quarantines_survive_a_restart_and_the_cli_releases_them() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(leftover, ["BLOCK_EXEC"], "no link pins left");
+    let mut leftover = leftover;
+    leftover.sort();
+    assert_eq!(
+        leftover,
+        ["BLOCK_EXEC", "BLOCK_EXEC_INODE", "BLOCK_EXEC_SHA256"],
+        "no link pins left"
+    );
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

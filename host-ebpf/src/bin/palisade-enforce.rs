@@ -1,15 +1,18 @@
 //! Palisade's enforcement programs (bpfel-unknown-none), a second object beside the event
 //! programs so the actuators load, pin and attach them independently of the event source:
 //!
-//! - `enforce_exec` (tracepoint `sched/sched_process_exec`): looks the exec'd filename up in
-//!   the pinned `BLOCK_EXEC` map and, on a match, sends SIGKILL to the process. The tracepoint
-//!   fires after the new image is set up and before the task returns to user space, so the
-//!   pending SIGKILL is taken before the blocked binary runs a single instruction.
+//! - `enforce_exec` (tracepoint `sched/sched_process_exec`): looks the executed file's identity
+//!   (device, inode of `current->mm->exe_file`) up in the pinned `BLOCK_EXEC_INODE` map and the
+//!   exec'd filename in the pinned `BLOCK_EXEC` map and, on a match, sends SIGKILL to the
+//!   process. The tracepoint fires after the new image is set up (`mm->exe_file` is already the
+//!   new binary) and before the task returns to user space, so the pending SIGKILL is taken
+//!   before the blocked binary runs a single instruction.
 //! - `netq_ingress` / `netq_egress` (cgroup_skb): attached to a quarantined workload's cgroup;
 //!   drop every packet, except loopback traffic when `NETQ_ALLOW_LOOPBACK` is set at load.
 //!
-//! Like the event programs these read tracepoint fields and packet bytes only, never kernel
-//! structs (no CO-RE): hence matching by the path the exec call named, not by inode.
+//! Kernel structs are read only at the offsets the host resolved from the running kernel's BTF
+//! (`KERNEL_OFFSETS`, `palisade_common::kernel`); with any of them unknown the identity match is
+//! skipped (counted) and only the path match applies.
 #![no_std]
 #![no_main]
 #![expect(
@@ -26,14 +29,35 @@ use aya_ebpf::{
     EbpfContext as _, Global,
 };
 use palisade_common::enforce::{
-    BlockRefs, BLOCK_COUNTER_CHECKED, BLOCK_COUNTER_KILLED, BLOCK_COUNTER_READ_FAILED,
+    BlockRefs, InodeKey, BLOCK_COUNTER_CHECKED, BLOCK_COUNTER_INODE_UNAVAILABLE,
+    BLOCK_COUNTER_KILLED, BLOCK_COUNTER_KILLED_BY_INODE, BLOCK_COUNTER_READ_FAILED,
     BLOCK_COUNTER_SIGNAL_FAILED, BLOCK_COUNTER_SLOTS, BLOCK_MAX_ENTRIES, BLOCK_PATH_LEN,
+};
+use palisade_common::kernel::{
+    KernelOffsets, OFFSET_UNKNOWN, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE,
+    OFF_SB_DEV, OFF_TASK_MM, UNKNOWN_OFFSETS,
 };
 
 /// Blocked exec filenames (pinned by name; see `palisade_common::enforce::MAP_BLOCK_EXEC`).
 #[map]
 static BLOCK_EXEC: HashMap<[u8; BLOCK_PATH_LEN], BlockRefs> =
     HashMap::pinned(BLOCK_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Blocked files by identity (pinned; see `palisade_common::enforce::MAP_BLOCK_EXEC_INODE`).
+#[map]
+static BLOCK_EXEC_INODE: HashMap<InodeKey, BlockRefs> =
+    HashMap::pinned(BLOCK_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// sha256 rules (pinned; read and written by the host only, which enforces them through
+/// fanotify: it lives here so the record is shared across processes like the other keys).
+#[map]
+static BLOCK_EXEC_SHA256: HashMap<[u8; 32], BlockRefs> =
+    HashMap::pinned(BLOCK_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Struct member offsets of the running kernel (set by the host at load; see
+/// `palisade_common::kernel`).
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(UNKNOWN_OFFSETS);
 
 /// Per-CPU space for one lookup key (too big for comfort on the 512-byte stack).
 #[map]
@@ -58,9 +82,74 @@ fn count(index: u32) {
     }
 }
 
+/// Reads a `T` at `base + off`; `None` for a null base or a failed read.
+#[inline(always)]
+fn read_at<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address (a bad one is an error, not a fault).
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// (device, inode) of the current task's executable: current->mm->exe_file->f_inode, its
+/// i_ino and i_sb->s_dev. `None` when an offset is unknown or a pointer is null.
+#[inline(always)]
+fn exe_identity() -> Option<InodeKey> {
+    let off = KERNEL_OFFSETS.load();
+    let slots = [
+        off[OFF_TASK_MM],
+        off[OFF_MM_EXE_FILE],
+        off[OFF_FILE_INODE],
+        off[OFF_INODE_INO],
+        off[OFF_INODE_SB],
+        off[OFF_SB_DEV],
+    ];
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i] == OFFSET_UNKNOWN {
+            return None;
+        }
+        i += 1;
+    }
+    // SAFETY: plain helper call, no arguments.
+    let task = unsafe { h::bpf_get_current_task() };
+    let mm: u64 = read_at(task, slots[0])?;
+    let file: u64 = read_at(mm, slots[1])?;
+    let inode: u64 = read_at(file, slots[2])?;
+    let ino: u64 = read_at(inode, slots[3])?;
+    let sb: u64 = read_at(inode, slots[4])?;
+    let dev: u32 = read_at(sb, slots[5])?;
+    Some([dev as u64, ino])
+}
+
+#[inline(always)]
+fn kill(by_inode: bool) {
+    // SAFETY: plain helper call on the current task.
+    if unsafe { h::bpf_send_signal(SIGKILL) } < 0 {
+        count(BLOCK_COUNTER_SIGNAL_FAILED);
+    } else {
+        count(BLOCK_COUNTER_KILLED);
+        if by_inode {
+            count(BLOCK_COUNTER_KILLED_BY_INODE);
+        }
+    }
+}
+
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn enforce_exec(ctx: TracePointContext) -> u32 {
     count(BLOCK_COUNTER_CHECKED);
+    // Identity first: a 16-byte key, and it matches whatever name the exec used.
+    match exe_identity() {
+        Some(id) => {
+            // SAFETY: lookup only; the value is not read.
+            if unsafe { BLOCK_EXEC_INODE.get(&id) }.is_some() {
+                kill(true);
+                return 0;
+            }
+        }
+        None => count(BLOCK_COUNTER_INODE_UNAVAILABLE),
+    }
     let Some(key) = BLOCK_KEY.get_ptr_mut(0) else {
         return 0;
     };
@@ -85,11 +174,7 @@ pub fn enforce_exec(ctx: TracePointContext) -> u32 {
             return 0;
         }
         if BLOCK_EXEC.get_ptr(&*key).is_some() {
-            if h::bpf_send_signal(SIGKILL) < 0 {
-                count(BLOCK_COUNTER_SIGNAL_FAILED);
-            } else {
-                count(BLOCK_COUNTER_KILLED);
-            }
+            kill(false);
         }
     }
     0

@@ -4,20 +4,38 @@
 //! quarantine links are pinned there, so `palisade actions release` (another process) can undo
 //! them and a restarted daemon finds them. Never touches the event source's object.
 //!
-//! **block-exec.** A rule is a set of path keys in the pinned `BLOCK_EXEC` hash map; the
-//! `enforce_exec` program on `sched/sched_process_exec` sends SIGKILL to any process whose
-//! exec'd filename is a key, before the new image runs user code, whatever its parent. Without
-//! CO-RE the program sees the filename the exec call named (`bprm->filename`), not an inode,
-//! so a rule for a path blocks that absolute path, its canonical form and its aliases through
-//! the symlinked bin directories (`/bin` -> `/usr/bin`); execs by a relative name, through
-//! `/proc/self/fd`, or of a copy or hard link elsewhere are not matched. A rule for a sha256 is
-//! resolved by the host, when the rule is made and again at each daemon start, to the
-//! executable files carrying that hash under the hash roots (bin directories and temp dirs,
-//! [`DEFAULT_HASH_ROOTS`]); those paths are then blocked as above. A copy made after that
-//! resolution is not blocked (stated in docs/configuration.md). Each key counts its
-//! holders (the map value), so two rules on one path release independently. The program
-//! lives while the daemon does; the first block in a process clears the pinned map, since the
-//! daemon re-applies every held rule from the state file at start.
+//! **block-exec.** The `enforce_exec` program on `sched/sched_process_exec` sends SIGKILL to a
+//! process whose new image matches a rule, before it runs user code, whatever its parent. It
+//! matches two kinds of key, each in its own pinned map with a holder count per key (so two
+//! rules on one file release independently, and `palisade actions release` in another process
+//! can edit them):
+//! - **file identity** (`BLOCK_EXEC_INODE`): (device, inode) of `current->mm->exe_file`, read
+//!   in the kernel at offsets resolved from the running kernel's BTF (`ebpf::btf`). A path
+//!   rule resolves its path, following symlinks, to the file's identity when it is made and
+//!   again at each daemon start; the exec is then blocked whatever name it uses: a relative
+//!   name, a symlink, a hard link, `/proc/self/fd/N`, `execveat(fd, "", AT_EMPTY_PATH)`, a bind
+//!   mount. The device is the kernel's `s_dev`, taken from the mount's line in
+//!   `/proc/self/mountinfo` (`statx` mount id), not `st_dev` (which differs on btrfs). The
+//!   daemon keeps an `O_PATH` descriptor on every blocked file so its inode number cannot be
+//!   reused by another file while the rule holds. When the BTF offsets are unknown, identity
+//!   matching is off (logged as an error at load) and only path keys apply.
+//! - **path string** (`BLOCK_EXEC`): the filename the exec call named, as the rule wrote it,
+//!   its canonical form and its aliases through symlinked bin directories (`/bin` ->
+//!   `/usr/bin`). This covers what the identity cannot: a path that does not exist yet, a file
+//!   replaced later by a new one (new inode) at the same path, and scripts (whose `exe_file` is
+//!   the interpreter, so only the script's path can match).
+//!
+//! A rule for a sha256 blocks, by identity and path, the executable files carrying that hash
+//! under the hash roots ([`DEFAULT_HASH_ROOTS`]) when it is made and at each start, and records
+//! the hash in the pinned `BLOCK_EXEC_SHA256` map; while any is recorded, a fanotify exec check
+//! (`fanotify::OpenDenier::check_execs`, `FAN_OPEN_EXEC_PERM` on every executable filesystem)
+//! hashes each file being executed (once per (device, inode, size, mtime, ctime)) and denies a
+//! match with EPERM, so a copy made after the rule is refused too. The program lives while the
+//! daemon does; the first block in a process clears the pinned maps, since the daemon re-applies
+//! every held rule from the state file at start.
+//!
+//! Not covered: a binary run through the dynamic loader (`ld.so ./x`: `exe_file` is the loader
+//! and the file is only mmapped), and a sha256 match on a file larger than [`HASH_MAX_BYTES`].
 //!
 //! **network-quarantine.** The workload is resolved like `freeze` does (cgroup id, container
 //! id, cgroup path; never the root or the daemon's own cgroup), and must be a cgroup v2
@@ -27,19 +45,25 @@
 //! Both links are pinned as `netq-<action id>-{ingress,egress}` and their descriptors closed,
 //! so the quarantine holds even while the daemon is down; release unpins them, which detaches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{CgroupSkb, CgroupSkbAttachType, TracePoint};
+use aya::Pod;
 use aya::{Ebpf, EbpfLoader};
 use palisade_common::enforce as abi;
+use palisade_common::kernel::{self as kabi, KernelOffsets};
 use sha2::{Digest, Sha256};
+
+use super::fanotify::{DenySettings, ExecCheck, OpenDenier};
 
 use super::freeze::{CgroupLayout, FreezeActuator, Freezer};
 use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, ExecMatch, Outcome};
@@ -112,6 +136,8 @@ pub enum EnforceError {
     },
     #[error("bpf link {path}: {reason}")]
     Link { path: PathBuf, reason: String },
+    #[error("sha256 exec check (fanotify): {reason}")]
+    ExecCheck { reason: String },
 }
 
 impl From<EnforceError> for ActionError {
@@ -132,6 +158,10 @@ pub struct EnforceSettings {
     pub allow_loopback: bool,
     /// Where sha256 rules look for files.
     pub hash_roots: Vec<PathBuf>,
+    /// Match execs by file identity (needs the BTF offsets); `false` keeps path keys only.
+    pub inode_match: bool,
+    /// Deadline and default of the sha256 exec check (`[actions.deny]`).
+    pub exec_check: DenySettings,
 }
 
 impl EnforceSettings {
@@ -140,6 +170,8 @@ impl EnforceSettings {
             pin_dir: actions.bpf_pin_dir.clone(),
             allow_loopback: actions.network_quarantine.allow_loopback,
             hash_roots: DEFAULT_HASH_ROOTS.iter().map(PathBuf::from).collect(),
+            inode_match: true,
+            exec_check: DenySettings::from_config(&actions.deny),
         }
     }
 }
@@ -151,6 +183,54 @@ pub struct BlockCounters {
     pub killed: u64,
     pub signal_failed: u64,
     pub read_failed: u64,
+    /// Kills that matched by file identity.
+    pub killed_by_inode: u64,
+    /// Execs whose file identity was not read (offsets unknown or a read failed).
+    pub inode_unavailable: u64,
+}
+
+/// One blocked file by identity: the kernel's device encoding (`s_dev`), the inode number,
+/// and the path it was resolved from (for people reading `actions list`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKey {
+    pub dev: u32,
+    pub ino: u64,
+    pub path: String,
+}
+
+impl FileKey {
+    fn key(&self) -> abi::InodeKey {
+        [u64::from(self.dev), self.ino]
+    }
+}
+
+/// The keys one block-exec action holds (its handle, as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockKeys {
+    /// Path-string keys.
+    pub paths: Vec<String>,
+    /// File-identity keys.
+    #[serde(default)]
+    pub files: Vec<FileKey>,
+    /// The sha256 (lower-case hex) recorded for the exec check, when the rule is one and the
+    /// check runs.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// What the sha256 exec check did since it started in this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecCheckCounters {
+    /// Execs asked about while some hash was recorded.
+    pub checked: u64,
+    /// Files hashed (cache misses).
+    pub hashed: u64,
+    /// Execs denied.
+    pub denied: u64,
+    /// Files over [`HASH_MAX_BYTES`], allowed unhashed.
+    pub too_large: u64,
 }
 
 /// The loaded object, shared by both actuators; programs are loaded and attached on first use.
@@ -158,6 +238,14 @@ struct Loaded {
     ebpf: Ebpf,
     exec_attached: bool,
     netq_loaded: bool,
+    /// The identity offsets are known (and `inode_match` is on).
+    inode_blocking: bool,
+}
+
+/// The running sha256 exec check of this process.
+struct ExecGuard {
+    denier: OpenDenier,
+    check: Arc<HashCheck>,
 }
 
 /// The enforcement object of one process: loaded lazily, so the operator's CLI, which only
@@ -165,6 +253,10 @@ struct Loaded {
 pub struct Enforcer {
     settings: EnforceSettings,
     loaded: Mutex<Option<Loaded>>,
+    /// `O_PATH` descriptors of the files blocked by identity (keeps their inode numbers from
+    /// being reused while blocked).
+    pins: Mutex<HashMap<abi::InodeKey, OwnedFd>>,
+    exec_guard: Mutex<Option<ExecGuard>>,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -184,6 +276,8 @@ impl Enforcer {
         Enforcer {
             settings,
             loaded: Mutex::new(None),
+            pins: Mutex::new(HashMap::new()),
+            exec_guard: Mutex::new(None),
         }
     }
 
@@ -193,6 +287,20 @@ impl Enforcer {
 
     fn block_map_pin(&self) -> PathBuf {
         self.settings.pin_dir.join(abi::MAP_BLOCK_EXEC)
+    }
+
+    fn map_pin(&self, name: &str) -> PathBuf {
+        self.settings.pin_dir.join(name)
+    }
+
+    /// A pinned map of this directory (any process).
+    fn pinned<K: Pod>(
+        &self,
+        name: &str,
+    ) -> Result<BpfHashMap<MapData, K, abi::BlockRefs>, EnforceError> {
+        let pin = self.map_pin(name);
+        let data = MapData::from_pin(&pin).map_err(|e| map_err(&pin.display().to_string(), e))?;
+        BpfHashMap::try_from(Map::HashMap(data)).map_err(|e| map_err(name, e))
     }
 
     /// Creates the pin directory (0700) and checks it is on bpffs.
@@ -217,9 +325,21 @@ impl Enforcer {
         if guard.is_none() {
             self.ensure_pin_dir()?;
             let allow: u32 = u32::from(self.settings.allow_loopback);
+            let offsets = self.identity_offsets();
+            let inode_blocking = IDENTITY_SLOTS
+                .iter()
+                .all(|&slot| offsets[slot] != kabi::OFFSET_UNKNOWN);
+            if !inode_blocking {
+                tracing::error!(
+                    "block-exec: INODE BLOCKING UNAVAILABLE (kernel struct offsets unknown): \
+                     blocks match the exec'd path string only, so an exec by a relative name, \
+                     a symlink, a hard link, /proc/self/fd or a bind mount is NOT blocked"
+                );
+            }
             let ebpf = EbpfLoader::new()
                 .default_map_pin_directory(&self.settings.pin_dir)
                 .override_global(abi::GLOBAL_NETQ_ALLOW_LOOPBACK, &allow, true)
+                .override_global(kabi::GLOBAL_KERNEL_OFFSETS, &offsets, true)
                 .load(ENFORCE_OBJECT)
                 .map_err(|source| EnforceError::Load {
                     source: Box::new(source),
@@ -228,9 +348,35 @@ impl Enforcer {
                 ebpf,
                 exec_attached: false,
                 netq_loaded: false,
+                inode_blocking,
             });
         }
         Ok(guard)
+    }
+
+    /// The offsets the exec program gets: from the running kernel's BTF, all unknown when
+    /// `inode_match` is off or BTF is unreadable.
+    fn identity_offsets(&self) -> KernelOffsets {
+        if !self.settings.inode_match {
+            return kabi::UNKNOWN_OFFSETS;
+        }
+        match crate::ebpf::btf::kernel_offsets() {
+            Ok((offsets, missing)) => {
+                if !missing.is_empty() {
+                    tracing::warn!(missing = %missing.join(", "), "block-exec: kernel struct members not in BTF");
+                }
+                offsets
+            }
+            Err(error) => {
+                tracing::error!(%error, "block-exec: kernel BTF unreadable");
+                kabi::UNKNOWN_OFFSETS
+            }
+        }
+    }
+
+    /// Whether execs are matched by file identity; `None` until the object is loaded here.
+    pub fn inode_blocking(&self) -> Option<bool> {
+        lock(&self.loaded).as_ref().map(|l| l.inode_blocking)
     }
 
     /// Attaches the exec program (once per process), clearing the pinned map first: the
@@ -245,7 +391,14 @@ impl Enforcer {
             });
         };
         if !loaded.exec_attached {
-            let stale = clear_block_map(&mut loaded.ebpf)?;
+            let mut stale = 0;
+            for name in [
+                abi::MAP_BLOCK_EXEC,
+                abi::MAP_BLOCK_EXEC_INODE,
+                abi::MAP_BLOCK_EXEC_SHA256,
+            ] {
+                stale += clear_map(&mut loaded.ebpf, name)?;
+            }
             if stale > 0 {
                 tracing::info!(
                     entries = stale,
@@ -293,62 +446,148 @@ impl Enforcer {
         Ok(guard)
     }
 
-    /// Adds one holder to each key (attaching the program first if needed).
-    pub fn block_keys(&self, keys: &[String]) -> Result<(), EnforceError> {
-        let mut guard = self.ensure_exec()?;
-        let Some(loaded) = guard.as_mut() else {
-            return Err(prog_err(abi::PROG_BLOCK_EXEC, "object not loaded"));
-        };
-        let map = loaded
-            .ebpf
-            .map_mut(abi::MAP_BLOCK_EXEC)
-            .ok_or_else(|| map_err(abi::MAP_BLOCK_EXEC, "not in the object"))?;
-        let mut map: BpfHashMap<&mut MapData, [u8; abi::BLOCK_PATH_LEN], abi::BlockRefs> =
-            BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_BLOCK_EXEC, e))?;
-        for key in keys {
-            let k = path_key(key).ok_or_else(|| map_err(abi::MAP_BLOCK_EXEC, "key too long"))?;
-            let refs = map.get(&k, 0).unwrap_or(0);
-            map.insert(k, refs.saturating_add(1), 0)
-                .map_err(|e| map_err(abi::MAP_BLOCK_EXEC, e))?;
+    /// Puts `resolved` in place (attaching the program first if needed): one holder more on
+    /// each key, the files pinned, the exec check started for a sha256. Returns the keys
+    /// actually held (file keys only when identity matching is available), for release.
+    fn block(&self, resolved: Resolved) -> Result<BlockKeys, EnforceError> {
+        let guard = self.ensure_exec()?;
+        let inode_blocking = guard.as_ref().is_some_and(|l| l.inode_blocking);
+        let mut held = BlockKeys::default();
+        if let Some(hash) = &resolved.sha256 {
+            match self.ensure_exec_check() {
+                Ok(()) => held.sha256 = Some(hash.clone()),
+                Err(error) => {
+                    tracing::error!(%error, sha256 = %hash, "block-exec: the sha256 exec check is unavailable; copies of the file made after this rule are NOT blocked");
+                    if resolved.keys.files.is_empty() && resolved.keys.paths.is_empty() {
+                        return Err(error);
+                    }
+                }
+            }
         }
-        Ok(())
+        let result = (|| {
+            if let Some(hash) = &held.sha256 {
+                let mut map = self.pinned::<[u8; 32]>(abi::MAP_BLOCK_EXEC_SHA256)?;
+                add_ref(&mut map, hash_bytes(hash)?, abi::MAP_BLOCK_EXEC_SHA256)?;
+            }
+            let mut paths = self.pinned::<[u8; abi::BLOCK_PATH_LEN]>(abi::MAP_BLOCK_EXEC)?;
+            for path in &resolved.keys.paths {
+                let k =
+                    path_key(path).ok_or_else(|| map_err(abi::MAP_BLOCK_EXEC, "key too long"))?;
+                add_ref(&mut paths, k, abi::MAP_BLOCK_EXEC)?;
+                held.paths.push(path.clone());
+            }
+            if inode_blocking {
+                let mut files = self.pinned::<abi::InodeKey>(abi::MAP_BLOCK_EXEC_INODE)?;
+                let mut pins = lock(&self.pins);
+                for (file, fd) in resolved.keys.files.iter().zip(resolved.pins) {
+                    add_ref(&mut files, file.key(), abi::MAP_BLOCK_EXEC_INODE)?;
+                    pins.insert(file.key(), fd);
+                    held.files.push(file.clone());
+                }
+            }
+            Ok::<(), EnforceError>(())
+        })();
+        drop(guard);
+        if let Err(e) = result {
+            // Never leave half a rule behind.
+            let _ = self.unblock(&held);
+            return Err(e);
+        }
+        Ok(held)
     }
 
-    /// Removes one holder from each key through the pinned map (works from any process; a
+    /// Removes one holder from each key through the pinned maps (works from any process; a
     /// missing pin or key means there is nothing left to undo).
-    pub fn unblock_keys(&self, keys: &[String]) -> Result<(), EnforceError> {
+    pub fn unblock(&self, keys: &BlockKeys) -> Result<(), EnforceError> {
         let pin = self.block_map_pin();
         if !pin.exists() {
             tracing::info!(pin = %pin.display(), "block-exec: no pinned map; nothing to release");
             return Ok(());
         }
-        let data = MapData::from_pin(&pin).map_err(|e| map_err(&pin.display().to_string(), e))?;
-        let mut map: BpfHashMap<MapData, [u8; abi::BLOCK_PATH_LEN], abi::BlockRefs> =
-            BpfHashMap::try_from(Map::HashMap(data))
-                .map_err(|e| map_err(abi::MAP_BLOCK_EXEC, e))?;
-        for key in keys {
-            let Some(k) = path_key(key) else { continue };
-            match map.get(&k, 0) {
-                Ok(refs) if refs > 1 => map
-                    .insert(k, refs - 1, 0)
-                    .map_err(|e| map_err(abi::MAP_BLOCK_EXEC, e))?,
-                Ok(_) => map
-                    .remove(&k)
-                    .map_err(|e| map_err(abi::MAP_BLOCK_EXEC, e))?,
-                Err(_) => {}
+        let mut paths = self.pinned::<[u8; abi::BLOCK_PATH_LEN]>(abi::MAP_BLOCK_EXEC)?;
+        for key in &keys.paths {
+            if let Some(k) = path_key(key) {
+                drop_ref(&mut paths, k, abi::MAP_BLOCK_EXEC)?;
             }
         }
+        // Maps a daemon older than identity matching did not pin are simply absent.
+        if !keys.files.is_empty() && self.map_pin(abi::MAP_BLOCK_EXEC_INODE).exists() {
+            let mut files = self.pinned::<abi::InodeKey>(abi::MAP_BLOCK_EXEC_INODE)?;
+            for file in &keys.files {
+                if drop_ref(&mut files, file.key(), abi::MAP_BLOCK_EXEC_INODE)? {
+                    lock(&self.pins).remove(&file.key());
+                }
+            }
+        }
+        if let Some(hash) = &keys.sha256 {
+            if self.map_pin(abi::MAP_BLOCK_EXEC_SHA256).exists() {
+                let mut hashes = self.pinned::<[u8; 32]>(abi::MAP_BLOCK_EXEC_SHA256)?;
+                drop_ref(&mut hashes, hash_bytes(hash)?, abi::MAP_BLOCK_EXEC_SHA256)?;
+                if hashes.keys().next().is_none() {
+                    self.stop_exec_check();
+                }
+            }
+        }
+        self.sweep_pins();
         Ok(())
     }
 
-    /// Keys currently in the pinned block map (for tests and diagnostics).
-    pub fn blocked_keys(&self) -> Vec<String> {
-        let Ok(data) = MapData::from_pin(self.block_map_pin()) else {
-            return Vec::new();
+    /// Drops the descriptors of files no longer in the identity map (released by
+    /// `palisade actions release` in another process).
+    fn sweep_pins(&self) {
+        let mut pins = lock(&self.pins);
+        if pins.is_empty() {
+            return;
+        }
+        let Ok(files) = self.pinned::<abi::InodeKey>(abi::MAP_BLOCK_EXEC_INODE) else {
+            return;
         };
-        let Ok(map) = BpfHashMap::<MapData, [u8; abi::BLOCK_PATH_LEN], abi::BlockRefs>::try_from(
-            Map::HashMap(data),
-        ) else {
+        pins.retain(|k, _| files.get(k, 0).is_ok());
+    }
+
+    /// Starts the sha256 exec check of this process, or re-arms it (marking filesystems
+    /// mounted since).
+    fn ensure_exec_check(&self) -> Result<(), EnforceError> {
+        let mut guard = lock(&self.exec_guard);
+        if guard.is_none() {
+            let denier = OpenDenier::start(self.settings.exec_check).map_err(|e| {
+                EnforceError::ExecCheck {
+                    reason: e.to_string(),
+                }
+            })?;
+            let check = Arc::new(HashCheck::new(self.map_pin(abi::MAP_BLOCK_EXEC_SHA256)));
+            *guard = Some(ExecGuard { denier, check });
+        }
+        let Some(g) = guard.as_ref() else {
+            return Err(EnforceError::ExecCheck {
+                reason: "not started".into(),
+            });
+        };
+        g.denier
+            .check_execs(Arc::clone(&g.check) as Arc<dyn ExecCheck>)
+            .map_err(|e| EnforceError::ExecCheck {
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Removes the exec check's filesystem marks (the last sha256 rule went).
+    fn stop_exec_check(&self) {
+        if let Some(g) = lock(&self.exec_guard).as_ref() {
+            if let Err(error) = g.denier.stop_exec_checks() {
+                tracing::warn!(%error, "block-exec: cannot remove the exec check's marks");
+            }
+        }
+    }
+
+    /// What the sha256 exec check of this process did; `None` when it never started here.
+    pub fn exec_check_counters(&self) -> Option<ExecCheckCounters> {
+        lock(&self.exec_guard).as_ref().map(|g| g.check.counters())
+    }
+
+    /// Path keys currently in the pinned block map (for tests and diagnostics).
+    pub fn blocked_keys(&self) -> Vec<String> {
+        let Ok(map) = self.pinned::<[u8; abi::BLOCK_PATH_LEN]>(abi::MAP_BLOCK_EXEC) else {
             return Vec::new();
         };
         map.keys()
@@ -358,6 +597,20 @@ impl Enforcer {
                 String::from_utf8_lossy(&k[..end]).into_owned()
             })
             .collect()
+    }
+
+    /// File-identity keys (`[s_dev, inode]`) currently in the pinned map.
+    pub fn blocked_files(&self) -> Vec<abi::InodeKey> {
+        self.pinned::<abi::InodeKey>(abi::MAP_BLOCK_EXEC_INODE)
+            .map(|m| m.keys().filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
+    /// sha256 keys (lower-case hex) currently recorded for the exec check.
+    pub fn blocked_hashes(&self) -> Vec<String> {
+        self.pinned::<[u8; 32]>(abi::MAP_BLOCK_EXEC_SHA256)
+            .map(|m| m.keys().filter_map(Result::ok).map(hex::encode).collect())
+            .unwrap_or_default()
     }
 
     /// The exec program's counters, once it is attached in this process.
@@ -377,6 +630,8 @@ impl Enforcer {
             killed: sum(abi::BLOCK_COUNTER_KILLED),
             signal_failed: sum(abi::BLOCK_COUNTER_SIGNAL_FAILED),
             read_failed: sum(abi::BLOCK_COUNTER_READ_FAILED),
+            killed_by_inode: sum(abi::BLOCK_COUNTER_KILLED_BY_INODE),
+            inode_unavailable: sum(abi::BLOCK_COUNTER_INODE_UNAVAILABLE),
         })
     }
 
@@ -468,18 +723,288 @@ fn map_err(map: &str, reason: impl std::fmt::Display) -> EnforceError {
     }
 }
 
-/// Removes every entry of the block map; returns how many there were.
-fn clear_block_map(ebpf: &mut Ebpf) -> Result<usize, EnforceError> {
-    let map = ebpf
-        .map_mut(abi::MAP_BLOCK_EXEC)
-        .ok_or_else(|| map_err(abi::MAP_BLOCK_EXEC, "not in the object"))?;
-    let mut map: BpfHashMap<&mut MapData, [u8; abi::BLOCK_PATH_LEN], abi::BlockRefs> =
-        BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_BLOCK_EXEC, e))?;
-    let keys: Vec<[u8; abi::BLOCK_PATH_LEN]> = map.keys().filter_map(Result::ok).collect();
-    for k in &keys {
-        let _ = map.remove(k);
+/// Removes every entry of block-exec map `name`; returns how many there were.
+fn clear_map(ebpf: &mut Ebpf, name: &str) -> Result<usize, EnforceError> {
+    fn clear<K: Pod>(ebpf: &mut Ebpf, name: &str) -> Result<usize, EnforceError> {
+        let map = ebpf
+            .map_mut(name)
+            .ok_or_else(|| map_err(name, "not in the object"))?;
+        let mut map: BpfHashMap<&mut MapData, K, abi::BlockRefs> =
+            BpfHashMap::try_from(map).map_err(|e| map_err(name, e))?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            let _ = map.remove(k);
+        }
+        Ok(keys.len())
     }
-    Ok(keys.len())
+    match name {
+        abi::MAP_BLOCK_EXEC => clear::<[u8; abi::BLOCK_PATH_LEN]>(ebpf, name),
+        abi::MAP_BLOCK_EXEC_INODE => clear::<abi::InodeKey>(ebpf, name),
+        _ => clear::<[u8; 32]>(ebpf, name),
+    }
+}
+
+/// One holder more on `k`.
+fn add_ref<K: Pod>(
+    map: &mut BpfHashMap<MapData, K, abi::BlockRefs>,
+    k: K,
+    name: &str,
+) -> Result<(), EnforceError> {
+    let refs = map.get(&k, 0).unwrap_or(0);
+    map.insert(k, refs.saturating_add(1), 0)
+        .map_err(|e| map_err(name, e))
+}
+
+/// One holder less on `k`; `true` when that removed the key (a missing key is already gone).
+fn drop_ref<K: Pod>(
+    map: &mut BpfHashMap<MapData, K, abi::BlockRefs>,
+    k: K,
+    name: &str,
+) -> Result<bool, EnforceError> {
+    match map.get(&k, 0) {
+        Ok(refs) if refs > 1 => {
+            map.insert(k, refs - 1, 0).map_err(|e| map_err(name, e))?;
+            Ok(false)
+        }
+        Ok(_) => {
+            map.remove(&k).map_err(|e| map_err(name, e))?;
+            Ok(true)
+        }
+        Err(_) => Ok(true),
+    }
+}
+
+fn hash_bytes(hex_hash: &str) -> Result<[u8; 32], EnforceError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut out).map_err(|e| {
+        map_err(
+            abi::MAP_BLOCK_EXEC_SHA256,
+            format!("sha256 {hex_hash:?}: {e}"),
+        )
+    })?;
+    Ok(out)
+}
+
+/// The `KERNEL_OFFSETS` slots the identity read needs.
+const IDENTITY_SLOTS: [usize; 6] = [
+    kabi::OFF_TASK_MM,
+    kabi::OFF_MM_EXE_FILE,
+    kabi::OFF_FILE_INODE,
+    kabi::OFF_INODE_INO,
+    kabi::OFF_INODE_SB,
+    kabi::OFF_SB_DEV,
+];
+
+/// A rule resolved to keys, with an `O_PATH` descriptor per file key (same order).
+#[derive(Debug, Default)]
+struct Resolved {
+    keys: BlockKeys,
+    pins: Vec<OwnedFd>,
+    sha256: Option<String>,
+}
+
+impl Resolved {
+    /// Adds the path keys of `path` and, when it is an existing regular file, its identity.
+    fn add_path(&mut self, path: &str) -> Result<(), ActionError> {
+        for k in exec_keys(path)? {
+            if !self.keys.paths.contains(&k) {
+                self.keys.paths.push(k);
+            }
+        }
+        if let Some((file, fd)) = file_key(Path::new(path)) {
+            if !self.keys.files.iter().any(|f| f.key() == file.key()) {
+                self.keys.files.push(file);
+                self.pins.push(fd);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The identity of the regular file at `path` (symlinks followed) and an `O_PATH` descriptor
+/// holding it; `None` when there is no such file.
+pub fn file_identity(path: &Path) -> Option<FileKey> {
+    file_key(path).map(|(k, _)| k)
+}
+
+fn file_key(path: &Path) -> Option<(FileKey, OwnedFd)> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let fd = OwnedFd::from(file);
+    let (dev, ino, regular) = statx_identity(&fd).ok()?;
+    regular.then(|| {
+        (
+            FileKey {
+                dev,
+                ino,
+                path: path.display().to_string(),
+            },
+            fd,
+        )
+    })
+}
+
+/// (kernel `s_dev`, inode, is a regular file) of `fd`. The device comes from the file's mount
+/// in `/proc/self/mountinfo` (which prints the superblock's `s_dev`) when `statx` gives a mount
+/// id, else from `stx_dev_*` (equal to `s_dev` except on filesystems such as btrfs).
+fn statx_identity(fd: &OwnedFd) -> io::Result<(u32, u64, bool)> {
+    // SAFETY: all-zero is a valid `statx` (plain integers).
+    #[expect(unsafe_code, reason = "zeroed plain-data struct")]
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    #[expect(unsafe_code, reason = "statx has no safe wrapper in std")]
+    // SAFETY: `fd` is open, the path is an empty NUL-terminated string, `stx` is writable.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let regular = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+    let from_mount = (stx.stx_mask & libc::STATX_MNT_ID != 0)
+        .then(|| mount_dev(stx.stx_mnt_id))
+        .flatten();
+    let dev = from_mount.unwrap_or(kabi::kernel_dev(stx.stx_dev_major, stx.stx_dev_minor));
+    Ok((dev, stx.stx_ino, regular))
+}
+
+/// The kernel `s_dev` of mount `id` from `/proc/self/mountinfo` (field 3, `major:minor`).
+fn mount_dev(id: u64) -> Option<u32> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(' ');
+        let mid: u64 = f.next()?.parse().ok()?;
+        if mid != id {
+            return None;
+        }
+        let (major, minor) = f.nth(1)?.split_once(':')?;
+        Some(kabi::kernel_dev(major.parse().ok()?, minor.parse().ok()?))
+    })
+}
+
+/// Largest number of cached file hashes; the cache is emptied when full.
+const HASH_CACHE_MAX: usize = 8192;
+
+/// Cache key of a file's hash: (device, inode, size, mtime, ctime), so a file changed in place
+/// is hashed again.
+type HashCacheKey = (u64, u64, u64, i64, i64, i64, i64);
+
+/// block-exec's sha256 [`ExecCheck`]: hashes the executed file (through the fanotify event's
+/// descriptor) and denies when the pinned `BLOCK_EXEC_SHA256` map holds the hash.
+struct HashCheck {
+    pin: PathBuf,
+    map: Mutex<Option<BpfHashMap<MapData, [u8; 32], abi::BlockRefs>>>,
+    cache: Mutex<HashMap<HashCacheKey, [u8; 32]>>,
+    checked: AtomicU64,
+    hashed: AtomicU64,
+    denied: AtomicU64,
+    too_large: AtomicU64,
+}
+
+impl HashCheck {
+    fn new(pin: PathBuf) -> HashCheck {
+        HashCheck {
+            pin,
+            map: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+            checked: AtomicU64::new(0),
+            hashed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            too_large: AtomicU64::new(0),
+        }
+    }
+
+    fn counters(&self) -> ExecCheckCounters {
+        ExecCheckCounters {
+            checked: self.checked.load(Ordering::Relaxed),
+            hashed: self.hashed.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
+            too_large: self.too_large.load(Ordering::Relaxed),
+        }
+    }
+
+    /// sha256 of `file`, from the cache when its identity and times are unchanged.
+    fn hash_of(&self, file: &fs::File, meta: &fs::Metadata) -> Option<[u8; 32]> {
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        );
+        if let Some(h) = lock(&self.cache).get(&key) {
+            return Some(*h);
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut off = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, off).ok()?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            off += n as u64;
+        }
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        let h: [u8; 32] = hasher.finalize().into();
+        let mut cache = lock(&self.cache);
+        if cache.len() >= HASH_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, h);
+        Some(h)
+    }
+}
+
+impl ExecCheck for HashCheck {
+    fn allow_exec(&self, pid: i32, file: &fs::File, meta: &fs::Metadata) -> bool {
+        let mut map = lock(&self.map);
+        if map.is_none() {
+            match MapData::from_pin(&self.pin)
+                .map_err(|e| e.to_string())
+                .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).map_err(|e| e.to_string()))
+            {
+                Ok(m) => *map = Some(m),
+                Err(error) => {
+                    tracing::error!(pin = %self.pin.display(), %error, "block-exec: sha256 map unreadable; exec allowed");
+                    return true;
+                }
+            }
+        }
+        let Some(hashes) = map.as_ref() else {
+            return true;
+        };
+        // No sha256 rule left (released from the CLI): nothing to hash.
+        if hashes.keys().next().is_none() {
+            return true;
+        }
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        if meta.len() > HASH_MAX_BYTES {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let Some(hash) = self.hash_of(file, meta) else {
+            return true;
+        };
+        if hashes.get(&hash, 0).is_ok() {
+            self.denied.fetch_add(1, Ordering::Relaxed);
+            // Debug, not warn: a denied process retrying in a loop must not flood the log.
+            tracing::debug!(pid, sha256 = %hex::encode(hash), "block-exec: exec of a blocked sha256 denied");
+            return false;
+        }
+        true
+    }
 }
 
 /// Unpins a link; the link (and its attachment) goes with its last reference. A missing pin
@@ -664,10 +1189,20 @@ impl BlockExecActuator {
         &self.enforcer
     }
 
-    /// The keys a rule blocks right now (a sha256 is resolved to files here).
-    pub fn resolve(&self, rule: &ExecMatch) -> Result<Vec<String>, ActionError> {
+    /// The keys a rule blocks right now: path keys and file identities (a sha256 is resolved
+    /// to the files carrying it here, and kept for the exec check).
+    pub fn resolve(&self, rule: &ExecMatch) -> Result<BlockKeys, ActionError> {
+        let r = self.resolve_pinned(rule)?;
+        Ok(BlockKeys {
+            sha256: r.sha256,
+            ..r.keys
+        })
+    }
+
+    fn resolve_pinned(&self, rule: &ExecMatch) -> Result<Resolved, ActionError> {
+        let mut r = Resolved::default();
         match rule {
-            ExecMatch::Path(path) => exec_keys(path),
+            ExecMatch::Path(path) => r.add_path(path)?,
             ExecMatch::Sha256(hash) => {
                 let hash = hash.to_ascii_lowercase();
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -675,35 +1210,29 @@ impl BlockExecActuator {
                         "sha256 {hash:?}: 64 hex digits expected"
                     )));
                 }
-                let roots = &self.enforcer.settings.hash_roots;
-                let files = files_with_sha256(roots, &hash);
-                if files.is_empty() {
-                    return Err(ActionError::InvalidTarget(format!(
-                        "no executable file with sha256 {hash} under {}",
-                        roots
-                            .iter()
-                            .map(|r| r.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                let mut keys = BTreeSet::new();
-                for file in files {
+                for file in files_with_sha256(&self.enforcer.settings.hash_roots, &hash) {
                     if let Some(s) = file.to_str() {
-                        if let Ok(k) = exec_keys(s) {
-                            keys.extend(k);
-                        }
+                        // A path too long for a key is still blocked by identity.
+                        let _ = r.add_path(s);
                     }
                 }
-                Ok(keys.into_iter().collect())
+                r.sha256 = Some(hash);
             }
         }
+        Ok(r)
     }
 }
 
-/// Handles are the JSON list of keys the action holds.
-fn keys_from_handle(handle: &str) -> Result<Vec<String>, ActionError> {
-    serde_json::from_str(handle)
+/// Handles are the JSON [`BlockKeys`] the action holds; a daemon before identity matching
+/// wrote a plain list of path keys, still accepted.
+fn keys_from_handle(handle: &str) -> Result<BlockKeys, ActionError> {
+    serde_json::from_str::<BlockKeys>(handle)
+        .or_else(|_| {
+            serde_json::from_str::<Vec<String>>(handle).map(|paths| BlockKeys {
+                paths,
+                ..BlockKeys::default()
+            })
+        })
         .map_err(|e| ActionError::Failed(format!("unreadable block-exec handle {handle:?}: {e}")))
 }
 
@@ -715,18 +1244,35 @@ impl Actuator for BlockExecActuator {
                 req.name()
             )));
         };
-        let keys = self.resolve(rule)?;
-        self.enforcer.block_keys(&keys)?;
-        tracing::info!(keys = %keys.join(","), "block-exec: rule installed");
-        let handle = serde_json::to_string(&keys)
+        let resolved = self.resolve_pinned(rule)?;
+        let held = self.enforcer.block(resolved)?;
+        if held.paths.is_empty() && held.files.is_empty() && held.sha256.is_none() {
+            return Err(ActionError::InvalidTarget(format!(
+                "no executable file with sha256 under {} and no exec check to catch one later",
+                self.enforcer
+                    .settings
+                    .hash_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        tracing::info!(
+            paths = %held.paths.join(","),
+            files = held.files.len(),
+            sha256 = held.sha256.as_deref().unwrap_or(""),
+            "block-exec: rule installed"
+        );
+        let handle = serde_json::to_string(&held)
             .map_err(|e| ActionError::Failed(format!("block-exec handle: {e}")))?;
         Ok(Outcome::Held { handle })
     }
 
     fn release(&self, action: &ActiveAction) -> Result<(), ActionError> {
         let keys = keys_from_handle(&action.handle)?;
-        self.enforcer.unblock_keys(&keys)?;
-        tracing::info!(keys = %keys.join(","), "block-exec: rule removed");
+        self.enforcer.unblock(&keys)?;
+        tracing::info!(paths = %keys.paths.join(","), files = keys.files.len(), sha256 = keys.sha256.as_deref().unwrap_or(""), "block-exec: rule removed");
         Ok(())
     }
 }
@@ -969,10 +1515,55 @@ mod tests {
         };
         let s = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<QuarantineHandle>(&s).unwrap(), h);
-        let keys = vec!["/a".to_owned(), "/b".to_owned()];
+        let keys = BlockKeys {
+            paths: vec!["/a".to_owned(), "/b".to_owned()],
+            files: vec![FileKey {
+                dev: kabi::kernel_dev(259, 1),
+                ino: 42,
+                path: "/a".into(),
+            }],
+            sha256: Some("ab".repeat(32)),
+        };
         assert_eq!(
             keys_from_handle(&serde_json::to_string(&keys).unwrap()).unwrap(),
             keys
         );
+        // A handle written before identity matching: a plain list of path keys.
+        assert_eq!(
+            keys_from_handle(r#"["/a","/b"]"#).unwrap(),
+            BlockKeys {
+                paths: keys.paths.clone(),
+                ..BlockKeys::default()
+            }
+        );
+        assert!(keys_from_handle("{\"paths\":[],\"bogus\":1}").is_err());
+    }
+
+    #[test]
+    fn file_identity_uses_the_kernel_device_encoding_and_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::write(&real, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let meta = fs::metadata(&real).unwrap();
+        let id = file_identity(&link).unwrap();
+        assert_eq!(id.ino, meta.ino());
+        // On the usual filesystems (not btrfs) s_dev and st_dev name the same device, in
+        // different encodings.
+        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        assert_eq!(id.dev, kabi::kernel_dev(major, minor));
+        assert!(
+            file_identity(dir.path()).is_none(),
+            "a directory has no exec identity"
+        );
+        assert!(file_identity(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn hash_strings_become_map_keys() {
+        let h = "0f".repeat(32);
+        assert_eq!(hash_bytes(&h).unwrap(), [0x0f; 32]);
+        assert!(hash_bytes("0f").is_err());
     }
 }

@@ -18,6 +18,14 @@
 //!
 //! Marks are inode marks: the rule follows the file through renames, and a new file created at
 //! the same path is not covered.
+//!
+//! **Exec content checks.** [`OpenDenier::check_execs`] adds a filesystem mark
+//! (`FAN_MARK_FILESYSTEM`, `FAN_OPEN_EXEC_PERM` only) on every filesystem mounted without
+//! `noexec` and hands each exec of a file no inode rule names to an [`ExecCheck`] (block-exec's
+//! sha256 rules: `enforce_ebpf` hashes the file through the event's descriptor and denies a
+//! match). Every exec on the host then waits for the reader, so the check must be cheap in the
+//! common case (it caches per file); the deadline and watchdog above bound the worst case.
+//! Filesystems mounted after the call are not marked until it is called again.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -98,6 +106,87 @@ pub enum StallPoint {
     BeforeAnswer,
 }
 
+/// Decides on the exec of a file no deny rule names while [`OpenDenier::check_execs`] is on.
+/// Called on the reader thread for every exec on the marked filesystems, so it must be quick
+/// when it can (cache) and must never open files (that could wait on this very reader).
+pub trait ExecCheck: Send + Sync {
+    /// `true` allows the exec. `file` is the event's descriptor of the executed file, opened by
+    /// the kernel for us (reading it raises no permission event); `meta` its metadata.
+    fn allow_exec(&self, pid: i32, file: &File, meta: &std::fs::Metadata) -> bool;
+}
+
+/// Filesystem types that cannot hold an executable worth checking (pseudo filesystems).
+const NO_EXEC_FSTYPES: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "bpf",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "devpts",
+    "mqueue",
+    "pstore",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "binfmt_misc",
+    "autofs",
+    "efivarfs",
+    "nsfs",
+    "rpc_pipefs",
+    "selinuxfs",
+];
+
+/// One mount point per filesystem (by device) that is mounted somewhere without `noexec` and
+/// is not a pseudo filesystem, from `/proc/self/mountinfo`.
+pub fn exec_filesystems() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = left.split(' ').collect();
+        let Some(fstype) = right.split(' ').next() else {
+            continue;
+        };
+        if f.len() < 6 || NO_EXEC_FSTYPES.contains(&fstype) {
+            continue;
+        }
+        if f[5].split(',').any(|o| o == "noexec") {
+            continue;
+        }
+        if seen.insert(f[2].to_owned()) {
+            out.push(unescape_mountinfo(f[4]));
+        }
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(d)) = (b[i], octal) {
+            let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
 /// Counters, for tests and metrics.
 #[derive(Debug, Default)]
 pub struct DenyStats {
@@ -147,6 +236,8 @@ struct Shared {
     busy_since: AtomicU64,
     stall: Mutex<Option<(StallPoint, Instant)>>,
     stats: DenyStats,
+    /// Set while exec content checks are on (filesystem marks in place).
+    exec_check: Mutex<Option<Arc<dyn ExecCheck>>>,
 }
 
 /// The fanotify group, its reader and watchdog threads, and the deny rules.
@@ -203,6 +294,7 @@ impl OpenDenier {
             busy_since: AtomicU64::new(0),
             stall: Mutex::new(None),
             stats: DenyStats::default(),
+            exec_check: Mutex::new(None),
         });
         let mut threads = Vec::new();
         for (name, f) in [
@@ -315,6 +407,67 @@ impl OpenDenier {
         self.shared.settings
     }
 
+    /// Starts (or re-targets) exec content checks: marks every filesystem of
+    /// [`exec_filesystems`] for `FAN_OPEN_EXEC_PERM` and asks `check` about every exec of a file
+    /// no deny rule names. Calling it again marks filesystems mounted since. Returns how many
+    /// filesystems are marked; one that cannot be marked is logged and skipped, none at all is
+    /// an error.
+    pub fn check_execs(&self, check: Arc<dyn ExecCheck>) -> Result<usize, DenyError> {
+        *lock(&self.shared.exec_check) = Some(check);
+        let mut marked = 0;
+        let mut last = None;
+        for fs in exec_filesystems() {
+            match mark_filesystem(&self.shared.group, libc::FAN_MARK_ADD, &fs) {
+                Ok(()) => marked += 1,
+                Err(source) => {
+                    tracing::warn!(mount = %fs.display(), %source, "exec check: filesystem not marked; execs there are not content-checked");
+                    last = Some(DenyError::Mark { path: fs, source });
+                }
+            }
+        }
+        if marked == 0 {
+            *lock(&self.shared.exec_check) = None;
+            return Err(last.unwrap_or_else(|| DenyError::Target {
+                path: PathBuf::from("/proc/self/mountinfo"),
+                reason: "no executable filesystem found".into(),
+            }));
+        }
+        tracing::info!(
+            filesystems = marked,
+            "exec check: every exec on these filesystems waits for the daemon's verdict"
+        );
+        Ok(marked)
+    }
+
+    /// Stops exec content checks: removes every filesystem mark.
+    pub fn stop_exec_checks(&self) -> Result<(), DenyError> {
+        *lock(&self.shared.exec_check) = None;
+        #[expect(unsafe_code, reason = "fanotify_mark has no safe wrapper")]
+        // SAFETY: flushing this group's filesystem marks; no pointer is passed.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.shared.group.as_raw_fd(),
+                libc::FAN_MARK_FLUSH | libc::FAN_MARK_FILESYSTEM,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(DenyError::Mark {
+                path: PathBuf::from("(all filesystems)"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        tracing::info!("exec check: filesystem marks removed");
+        Ok(())
+    }
+
+    /// Whether exec content checks are on.
+    pub fn checks_execs(&self) -> bool {
+        lock(&self.shared.exec_check).is_some()
+    }
+
     pub fn stats(&self) -> &DenyStats {
         &self.shared.stats
     }
@@ -360,6 +513,30 @@ fn mark(group: &File, op: libc::c_uint, pin: &OwnedFd) -> std::io::Result<()> {
     }
 }
 
+/// FAN_MARK_ADD / FAN_MARK_REMOVE of the filesystem mounted at `mount`, for exec only.
+fn mark_filesystem(group: &File, op: libc::c_uint, mount: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path =
+        std::ffi::CString::new(mount.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    #[expect(unsafe_code, reason = "fanotify_mark has no safe wrapper")]
+    // SAFETY: `group` is an open fanotify fd and `path` a NUL-terminated string that outlives
+    // the call.
+    let rc = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            op | libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_OPEN_EXEC_PERM,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 impl Shared {
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
@@ -387,7 +564,7 @@ impl Shared {
 
     /// Reads what is queued (non-blocking). Events without an fd (queue overflow) are counted
     /// and dropped: permission events are never merged away, so nothing waits on them.
-    fn read_events(&self, buf: &mut [u8]) -> Vec<(RawFd, i32, Arc<File>)> {
+    fn read_events(&self, buf: &mut [u8]) -> Vec<(RawFd, i32, u64, Arc<File>)> {
         let n = match (&self.group).read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Vec::new(),
@@ -404,6 +581,7 @@ impl Shared {
             let b = &buf[off..off + METADATA_LEN];
             let event_len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
             let vers = b[4];
+            let mask = u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
             let fd = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
             let pid = i32::from_ne_bytes([b[20], b[21], b[22], b[23]]);
             if vers != libc::FANOTIFY_METADATA_VERSION || event_len < METADATA_LEN {
@@ -421,13 +599,14 @@ impl Shared {
             )]
             // SAFETY: the kernel installed `fd` in our table for this event; nobody else owns it.
             let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            out.push((fd, pid, Arc::new(file)));
+            out.push((fd, pid, mask, Arc::new(file)));
         }
         out
     }
 
-    /// The reader's answer: deny when the opener is not the daemon and the inode is ruled.
-    fn decide(&self, pid: i32, file: &File) -> bool {
+    /// The reader's answer: deny when the opener is not the daemon and the inode is ruled, or,
+    /// for an exec while content checks are on, when the [`ExecCheck`] says so.
+    fn decide(&self, pid: i32, mask: u64, file: &File) -> bool {
         if pid == self.own_pid {
             return true;
         }
@@ -442,8 +621,15 @@ impl Shared {
                 .unwrap_or_default();
             // Debug, not warn: a denied process retrying in a loop must not flood the log.
             tracing::debug!(pid, path = %path.display(), "deny-open: denied");
+            return false;
         }
-        !denied
+        if mask & libc::FAN_OPEN_EXEC_PERM != 0 {
+            let check = lock(&self.exec_check).clone();
+            if let Some(check) = check {
+                return check.allow_exec(pid, file, &meta);
+            }
+        }
+        true
     }
 
     /// Sleeps while a stall at `point` is in force (test hook).
@@ -503,7 +689,7 @@ fn reader(s: &Shared) {
         {
             let now = Instant::now();
             let mut pending = lock(&s.pending);
-            for (fd, pid, file) in &events {
+            for (fd, pid, _mask, file) in &events {
                 pending.insert(
                     *fd,
                     Pending {
@@ -515,8 +701,8 @@ fn reader(s: &Shared) {
             }
         }
         s.stall_at(StallPoint::BeforeAnswer);
-        for (fd, pid, file) in events {
-            let allow = s.decide(pid, &file);
+        for (fd, pid, mask, file) in events {
+            let allow = s.decide(pid, mask, &file);
             // Answer only if the watchdog has not answered for us meanwhile.
             if lock(&s.pending).remove(&fd).is_some() {
                 s.count(allow);
@@ -561,7 +747,7 @@ fn watchdog(s: &Shared) {
         // A reader wedged before reading: drain the queue with the default.
         let busy = s.busy_since.load(Ordering::SeqCst);
         if busy != 0 && s.now_ns().saturating_sub(busy) >= deadline_ns {
-            for (fd, pid, file) in s.read_events(&mut buf) {
+            for (fd, pid, _mask, file) in s.read_events(&mut buf) {
                 let allow = s.default_for(pid);
                 tracing::warn!(
                     pid,
@@ -611,5 +797,24 @@ impl Actuator for DenyOpenActuator {
             DenyError::NoRule { .. } => ActionError::InvalidTarget(e.to_string()),
             other => ActionError::Failed(other.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mountinfo("/x\\134y"), PathBuf::from("/x\\y"));
+        assert_eq!(unescape_mountinfo("/plain\\"), PathBuf::from("/plain\\"));
+    }
+
+    #[test]
+    fn exec_filesystems_skip_pseudo_filesystems() {
+        let found = exec_filesystems();
+        assert!(found.iter().any(|p| p == Path::new("/")), "{found:?}");
+        assert!(!found.iter().any(|p| p == Path::new("/proc")), "{found:?}");
     }
 }
