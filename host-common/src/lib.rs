@@ -238,14 +238,20 @@ pub struct SockRecord {
     pub unix_path: [u8; UNIX_PATH_LEN],
 }
 
-/// An exec: the new image's filename and the argv captured at `sys_enter_execve(at)`.
+/// `ExecRecord::argc` when argv was read whole from the new image's memory (`mm->arg_start..
+/// arg_end`): every NUL-terminated string in `args[..args_len]` is an argument, and a final
+/// piece without a NUL is an argument cut at `ARGS_LEN` (`FLAG_ARGS_TRUNCATED`).
+pub const ARGC_IN_ARGS: u32 = u32::MAX;
+
+/// An exec: the new image's filename and argv (read from the new image's memory, or captured
+/// at `sys_enter_execve(at)` when the kernel's struct offsets are unknown).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecRecord {
     pub hdr: Header,
     /// Thread id that called execve (differs from `hdr.tid` when a non-leader thread execs).
     pub old_tid: u32,
-    /// Arguments captured.
+    /// Arguments captured, or [`ARGC_IN_ARGS`]: count them in `args`.
     pub argc: u32,
     /// Valid bytes in `args` (NUL-separated, each argument NUL-terminated).
     pub args_len: u32,

@@ -1,7 +1,15 @@
-//! Process lifecycle: exec (filename from `sched_process_exec`, argv captured at
-//! `sys_enter_execve(at)` and joined by thread id in the kernel), fork (`task_newtask`, threads
-//! skipped), exit (`sched_process_exit` for the last thread, with the code stashed at
-//! `exit_group` or by a fatal default-action signal).
+//! Process lifecycle: exec (filename from `sched_process_exec`), fork (`task_newtask`, threads
+//! skipped), exit (`sched_process_exit` for the last thread).
+//!
+//! argv and the exit code come one of two ways, chosen by the host at load from what the
+//! kernel's BTF resolved (`KERNEL_OFFSETS`):
+//! - *struct route* (no syscall tracepoint): argv is read at `sched_process_exec` from the new
+//!   image's own memory (`current->mm->arg_start..arg_end`, exactly what the program sees as
+//!   its argv), and the exit code at `sched_process_exit` from `current->exit_code`;
+//! - *syscall route* (offsets unknown): argv captured at `sys_enter_execve(at)` and joined by
+//!   thread id, the code stashed at `exit_group` or by a fatal default-action signal. These
+//!   hooks put every syscall of every task on the tracing slow path, which is why the struct
+//!   route exists.
 
 use aya_ebpf::{
     helpers::generated as h,
@@ -11,11 +19,15 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use palisade_common::{
-    ArgsScratch, ExecRecord, SmallRecord, ARGS_LEN, ARG_READ_MAX, FLAG_ARGS_TRUNCATED,
-    FLAG_PATH_TRUNCATED, FLAG_READ_FAILED, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, PATH_LEN,
+    kernel::{OFF_MM_ARG_END, OFF_MM_ARG_START, OFF_TASK_EXIT_CODE, OFF_TASK_MM},
+    ArgsScratch, ExecRecord, SmallRecord, ARGC_IN_ARGS, ARGS_LEN, ARG_READ_MAX,
+    FLAG_ARGS_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_FAILED, KIND_EXEC, KIND_EXIT, KIND_FORK,
+    MAX_ARGS, PATH_LEN,
 };
 
-use crate::{begin, fill_header, filter, reserve, submit, DAEMON_TGID};
+use crate::{
+    begin, fill_header, filter, kernel_offset, read_kernel_at, reserve, submit, DAEMON_TGID,
+};
 
 /// argv captured at execve entry, keyed by the calling thread id; LRU so failed execs that never
 /// reach `sched_process_exec` age out instead of filling the map.
@@ -168,6 +180,77 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         let old_tid = ctx.read_at::<i32>(16).unwrap_or(0) as u32;
         (*r).old_tid = old_tid;
         (*r)._pad = 0;
+        if argv_struct_route() {
+            argv_from_mm(r);
+        } else {
+            argv_from_stash(r, old_tid);
+        }
+    }
+    submit(entry, KIND_EXEC);
+    0
+}
+
+/// Whether argv is read from the new image's memory (the offsets it needs are resolved).
+#[inline(always)]
+fn argv_struct_route() -> bool {
+    kernel_offset(OFF_TASK_MM).is_some()
+        && kernel_offset(OFF_MM_ARG_START).is_some()
+        && kernel_offset(OFF_MM_ARG_END).is_some()
+}
+
+/// Copies the new image's argv block (`mm->arg_start..arg_end`: NUL-terminated strings, set up
+/// by the kernel on the new stack a moment ago, so resident) into the record, cut at
+/// `ARGS_LEN` with the truncation flag. `argc` is `ARGC_IN_ARGS`: userspace counts.
+///
+/// # Safety
+/// `r` is a live ring reservation.
+#[inline(always)]
+unsafe fn argv_from_mm(r: *mut ExecRecord) {
+    unsafe {
+        (*r).argc = ARGC_IN_ARGS;
+        (*r).args_len = 0;
+        // SAFETY (helper): no arguments.
+        let task = h::bpf_get_current_task();
+        let mm = read_kernel_at::<u64>(task, OFF_TASK_MM).unwrap_or(0);
+        let (Some(start), Some(end)) = (
+            read_kernel_at::<u64>(mm, OFF_MM_ARG_START),
+            read_kernel_at::<u64>(mm, OFF_MM_ARG_END),
+        ) else {
+            (*r).hdr.flags |= FLAG_ARGS_TRUNCATED | FLAG_READ_FAILED;
+            return;
+        };
+        if end < start {
+            (*r).hdr.flags |= FLAG_ARGS_TRUNCATED | FLAG_READ_FAILED;
+            return;
+        }
+        let mut len = end - start;
+        if len > ARGS_LEN as u64 {
+            len = ARGS_LEN as u64;
+            (*r).hdr.flags |= FLAG_ARGS_TRUNCATED;
+        }
+        // The mask restates `len <= ARGS_LEN` in a form the verifier tracks through LLVM's
+        // rewrites (ARGS_LEN is a power of two; ARGS_LEN itself keeps its bit).
+        let len = (len as u32) & ((ARGS_LEN as u32) * 2 - 1);
+        if len == 0 {
+            return;
+        }
+        if len as usize > ARGS_LEN
+            || h::bpf_probe_read_user((*r).args.as_mut_ptr().cast(), len, start as *const _) < 0
+        {
+            (*r).hdr.flags |= FLAG_ARGS_TRUNCATED | FLAG_READ_FAILED;
+            return;
+        }
+        (*r).args_len = len;
+    }
+}
+
+/// Moves the argv captured at `sys_enter_execve(at)` by `old_tid` into the record.
+///
+/// # Safety
+/// `r` is a live ring reservation.
+#[inline(always)]
+unsafe fn argv_from_stash(r: *mut ExecRecord, old_tid: u32) {
+    unsafe {
         match EXEC_ARGS.get_ptr(&old_tid) {
             Some(s) => {
                 let ok = h::bpf_probe_read_kernel(
@@ -193,8 +276,6 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    submit(entry, KIND_EXEC);
-    0
 }
 
 #[tracepoint(category = "task", name = "task_newtask")]
@@ -265,14 +346,27 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead == 0 {
         return 0;
     }
-    // SAFETY: helper without arguments.
-    let tgid = (unsafe { h::bpf_get_current_pid_tgid() } >> 32) as u32;
-    let (code, known) = match EXIT_CODES.get_ptr(&tgid) {
-        // SAFETY: pointer from a successful lookup.
-        Some(c) => (unsafe { *c }, 1),
-        None => (0, 0),
+    let (code, known) = if kernel_offset(OFF_TASK_EXIT_CODE).is_some() {
+        // Struct route: the wait status do_exit stored just before this tracepoint (exit_group's
+        // code << 8, or the killing signal in the low 7 bits, 0x80 = core dumped).
+        // SAFETY: helper without arguments.
+        let task = unsafe { h::bpf_get_current_task() };
+        match read_kernel_at::<i32>(task, OFF_TASK_EXIT_CODE) {
+            Some(status) if status & 0x7f == 0 => (((status >> 8) & 0xff) as u32, 1),
+            Some(status) => (128 + (status & 0x7f) as u32, 1),
+            None => (0, 0),
+        }
+    } else {
+        // SAFETY: helper without arguments.
+        let tgid = (unsafe { h::bpf_get_current_pid_tgid() } >> 32) as u32;
+        let found = match EXIT_CODES.get_ptr(&tgid) {
+            // SAFETY: pointer from a successful lookup.
+            Some(c) => (unsafe { *c }, 1),
+            None => (0, 0),
+        };
+        let _ = EXIT_CODES.remove(&tgid);
+        found
     };
-    let _ = EXIT_CODES.remove(&tgid);
     emit_small(KIND_EXIT, [code as u64, known, 0, 0]);
     0
 }

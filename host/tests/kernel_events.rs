@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use palisade::ebpf::{CountersHandle, EbpfConfig, EbpfSource};
+use palisade::ebpf::{CountersHandle, EbpfConfig, EbpfSource, Routes};
 use palisade::event::source::{Delivery, EventSink, EventSource, StopFlag};
 use palisade::event::{AddressFamily, Event, EventData, EventKind, FdTargetKind};
 
@@ -97,6 +97,7 @@ impl Collector {
 struct Fixture {
     events: Arc<Collector>,
     counters: CountersHandle,
+    routes: Routes,
 }
 
 /// The shared source, loaded once and read on a background thread for the whole run.
@@ -110,13 +111,18 @@ fn fixture() -> &'static Fixture {
             source.failed()
         );
         let counters = source.counters();
+        let routes = source.routes();
         let events = Arc::new(Collector::default());
         let sink = events.clone();
         std::thread::spawn(move || {
             let stop = StopFlag::default();
             source.run(&*sink, &stop).expect("source runs");
         });
-        Fixture { events, counters }
+        Fixture {
+            events,
+            counters,
+            routes,
+        }
     })
 }
 
@@ -920,4 +926,124 @@ fn exec_from_a_memfd() {
         "filename {:?}",
         x.filename
     );
+}
+
+/// argv comes from the new image's memory on kernels whose BTF gives the struct offsets: a
+/// script's argv is its interpreter's (`/bin/sh script arg`, not execve's `script arg`), more
+/// than the 32 arguments the syscall route reads are kept, and a block over `ARGS_LEN` bytes
+/// is cut and flagged.
+#[test]
+fn exec_argv_is_what_the_new_image_sees() {
+    if skip("exec_argv_is_what_the_new_image_sees") {
+        return;
+    }
+    let f = fixture();
+    if !f.routes.argv_from_mm {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: kernel_events::exec_argv_is_what_the_new_image_sees (no BTF offsets for \
+             mm->arg_start/arg_end on this kernel: argv comes from the execve hooks)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("kt-script");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let status = Command::new(&script).arg("an arg").status().unwrap();
+    assert!(status.success());
+    f.events
+        .wait_for("exec of the script through /bin/sh", |e| {
+            matches!(&e.data, EventData::Exec(x) if x.filename == script
+            && x.args == ["/bin/sh", script.as_str(), "an arg"])
+        });
+
+    let many: Vec<String> = (0..40).map(|i| format!("kt-many-{i}")).collect();
+    let child = Command::new("/bin/true").args(&many).status().unwrap();
+    assert!(child.success());
+    let exec = f.events.wait_for("exec with 40 arguments", |e| {
+        matches!(&e.data, EventData::Exec(x) if x.args.get(1).is_some_and(|a| a == "kt-many-0"))
+    });
+    let EventData::Exec(x) = &exec.data else {
+        unreachable!()
+    };
+    assert_eq!(x.args.len(), 41, "{:?}", x.args);
+    assert_eq!(x.args[1..], many[..]);
+    assert!(!x.args_truncated);
+
+    // 3 x 1000 bytes: more than ARGS_LEN (2048) in all.
+    let long: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|c| format!("kt-long-{}", c.repeat(992)))
+        .collect();
+    let child = Command::new("/bin/true").args(&long).status().unwrap();
+    assert!(child.success());
+    let exec = f.events.wait_for("exec with a long argv", |e| {
+        matches!(&e.data, EventData::Exec(x) if x.args.get(1).is_some_and(|a| a.starts_with("kt-long-a")))
+    });
+    let EventData::Exec(x) = &exec.data else {
+        unreachable!()
+    };
+    assert!(x.args_truncated, "a 3 KB argv must be flagged as cut");
+    assert_eq!(
+        x.args[..3],
+        ["/bin/true", long[0].as_str(), long[1].as_str()]
+    );
+    let joined: usize = x.args.iter().map(|a| a.len() + 1).sum();
+    assert!(
+        joined <= 2049,
+        "{joined} bytes of argv from a 2048-byte block"
+    );
+}
+
+/// Kernels without the struct offsets keep today's syscall-tracepoint route: argv from the
+/// execve hook, exit codes from exit_group and fatal signals. Forced here on a second source.
+#[test]
+fn syscall_route_still_reports_argv_and_exit_codes() {
+    if skip("syscall_route_still_reports_argv_and_exit_codes") {
+        return;
+    }
+    let mut source = EbpfSource::load(EbpfConfig {
+        struct_reads: false,
+        ..EbpfConfig::default()
+    })
+    .unwrap();
+    assert!(!source.routes().argv_from_mm && !source.routes().exit_code_from_task);
+    let attached = source.attached();
+    for hook in ["sys_enter_execve", "sys_enter_exit_group", "signal_deliver"] {
+        assert!(
+            attached.contains(&hook),
+            "{hook} not attached: {attached:?}"
+        );
+    }
+    let events = Arc::new(Collector::default());
+    let stop = StopFlag::default();
+    let reader = {
+        let (events, stop) = (events.clone(), stop.clone());
+        std::thread::spawn(move || source.run(&*events, &stop).unwrap())
+    };
+    let sh = Command::new("/bin/sh")
+        .args(["-c", "/bin/true kt-syscall-route 'two words'; exit 5"])
+        .status()
+        .unwrap();
+    assert_eq!(sh.code(), Some(5));
+    let exec = events.wait_for("exec on the syscall route", |e| {
+        matches!(&e.data, EventData::Exec(x) if x.args == ["/bin/true", "kt-syscall-route", "two words"])
+    });
+    events.wait_for("exit 5 of sh on the syscall route", |e| {
+        e.process.pid == exec.process.ppid && e.data == EventData::Exit { code: 5 }
+    });
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    events.wait_for("exec sleep", |e| {
+        e.process.pid == pid && e.kind() == EventKind::Exec
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    events.wait_for("exit by SIGKILL on the syscall route", |e| {
+        e.process.pid == pid && e.data == EventData::Exit { code: 137 }
+    });
+    stop.stop();
+    reader.join().unwrap();
 }

@@ -6,10 +6,11 @@
 //!
 //! Usage: [`EbpfSource::load`] (needs root: CAP_BPF + CAP_PERFMON, tracefs) attaches everything
 //! before returning, so events caused after it returns are seen; then [`EventSource::run`]
-//! reads until stopped.
+//! reads until stopped. Once it follows a registry ([`EbpfSource::follow`]), only the programs
+//! of kinds some plugin subscribes to stay attached (plus the lifecycle ones).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use aya::maps::{MapData, PerCpuArray};
 use palisade_common as abi;
@@ -30,7 +31,7 @@ mod reader;
 pub use decode::{decode, Clock, DecodeError};
 pub use drops::{DropWatch, DropWatchSettings};
 pub use filter::{FilterPlan, KernelFilter};
-pub use loader::{Probe, PROBES};
+pub use loader::{Need, Probe, ProbeChange, ProbeSet, Routes, PROBES};
 pub use procs::ProcessCache;
 
 /// Why the eBPF source could not start.
@@ -88,6 +89,15 @@ pub struct EbpfConfig {
     /// Programs not to attach (by name). For measurements: detaching the programs of an
     /// unsubscribed kind versus keeping them attached behind the filter word.
     pub skip_probes: &'static [&'static str],
+    /// Read argv and exit codes from kernel structs at the offsets the kernel's BTF gives (no
+    /// syscall hook for the lifecycle); false forces the syscall-tracepoint route (tests,
+    /// comparisons). Members the BTF lacks fall back to that route anyway.
+    pub struct_reads: bool,
+    /// Attach only the lifecycle programs at load; the kinds' programs attach when a followed
+    /// registry's plugins subscribe to them ([`EbpfSource::follow`]). Off, everything is
+    /// attached at load (a source nobody narrows sees every kind) and follow detaches what is
+    /// not needed (slower: each detach waits for kernel grace periods).
+    pub on_demand: bool,
 }
 
 impl Default for EbpfConfig {
@@ -99,6 +109,8 @@ impl Default for EbpfConfig {
             process_capacity: procs::DEFAULT_CAPACITY,
             open_results: true,
             skip_probes: &[],
+            struct_reads: true,
+            on_demand: false,
         }
     }
 }
@@ -205,8 +217,10 @@ pub fn kernel_source(config: &crate::config::Config) -> Result<Box<dyn EventSour
                 config.source.ring_buffer_kib
             ),
         })?;
+    // The daemon follows its registry right away: attach kinds' programs only for subscribers.
     let source = EbpfSource::load(EbpfConfig {
         ring_bytes,
+        on_demand: true,
         ..EbpfConfig::default()
     })?;
     Ok(Box::new(source))
@@ -214,11 +228,12 @@ pub fn kernel_source(config: &crate::config::Config) -> Result<Box<dyn EventSour
 
 /// The live kernel event source.
 pub struct EbpfSource {
-    /// Keeps programs and links alive; dropping the source detaches everything.
-    _ebpf: aya::Ebpf,
+    /// Keeps programs and links alive; dropping the source detaches everything (registry
+    /// listeners hold only a weak reference).
+    probes: Arc<Mutex<ProbeSet>>,
     ring: aya::maps::RingBuf<MapData>,
-    attached: Vec<&'static str>,
     failed: Vec<(&'static str, String)>,
+    routes: Routes,
     counters: CountersHandle,
     filter: KernelFilter,
     /// Set by [`EbpfSource::follow`]: loss accounting and the drop alert.
@@ -234,13 +249,19 @@ impl EbpfSource {
     /// the process cache from /proc. Events caused after this returns are captured.
     pub fn load(config: EbpfConfig) -> Result<Self, EbpfError> {
         config.validate()?;
+        let offsets = if config.struct_reads {
+            kernel_offsets()
+        } else {
+            palisade_common::kernel::UNKNOWN_OFFSETS
+        };
         let loader::Loaded {
-            ebpf,
+            probes,
             ring,
             counters,
             filter,
-            attached,
+            attached: _,
             failed,
+            routes,
         } = loader::load(loader::LoadOptions {
             ring_bytes: config.ring_bytes,
             // A threshold above a quarter of the ring would let it fill between timer drains.
@@ -248,15 +269,17 @@ impl EbpfSource {
             daemon_tgid: std::process::id(),
             open_results: config.open_results,
             skip_probes: config.skip_probes,
+            offsets,
+            on_demand: config.on_demand,
         })?;
         let clock = Clock::now();
         let mut procs = ProcessCache::seeded(config.process_capacity);
         procs.set_clock(clock);
         Ok(EbpfSource {
-            _ebpf: ebpf,
+            probes: Arc::new(Mutex::new(probes)),
             ring,
-            attached,
             failed,
+            routes,
             counters: CountersHandle(Arc::new(counters)),
             filter: KernelFilter::new(filter),
             watch: None,
@@ -267,9 +290,32 @@ impl EbpfSource {
         })
     }
 
-    /// Probes that attached, by program name.
-    pub fn attached(&self) -> &[&'static str] {
-        &self.attached
+    /// Probes attached now, by program name (kinds' programs come and go with subscriptions
+    /// once the source follows a registry).
+    pub fn attached(&self) -> Vec<&'static str> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attached()
+    }
+
+    /// How argv and exit codes are obtained on this kernel.
+    pub fn routes(&self) -> Routes {
+        self.routes
+    }
+
+    /// The kernel's per-program run statistics (`run_time`, `run_count`; counted only while
+    /// `kernel.bpf_stats_enabled` is 1), by program name.
+    pub fn program_stats(&self) -> Vec<(&'static str, std::time::Duration, u64)> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .program_stats()
+    }
+
+    /// A handle to the probe set (attach/detach by kind), for tests and tools.
+    pub fn probes(&self) -> Arc<Mutex<ProbeSet>> {
+        Arc::clone(&self.probes)
     }
 
     /// Probes that failed, with the reason.
@@ -297,9 +343,14 @@ impl EbpfSource {
         self.filter.clone()
     }
 
-    /// Hooks the source to a daemon: the kernel filter follows `registry`'s subscriptions
-    /// (now, and live on every load, swap and unload), and losses are mirrored into `metrics`
-    /// and reported as `palisade.events_dropped` alerts on `alerts`.
+    /// Hooks the source to a daemon: the kernel filter and the attached programs follow
+    /// `registry`'s subscriptions (now, and live on every load, swap and unload), and losses
+    /// are mirrored into `metrics` and reported as `palisade.events_dropped` alerts on
+    /// `alerts`.
+    ///
+    /// No blind window: before a set is published, the programs and filter gates of the union
+    /// of the old and new subscriptions are put in place; after it is live, the filter narrows
+    /// to the new set and programs nobody needs any more are detached.
     pub fn follow(
         &mut self,
         registry: &crate::plugin::registry::Registry,
@@ -307,8 +358,15 @@ impl EbpfSource {
         hostname: String,
         settings: DropWatchSettings,
     ) {
-        let filter = self.filter.clone();
-        registry.on_publish(Box::new(move |set| filter.follow(set)));
+        let follower = Arc::new(Follower {
+            probes: Arc::downgrade(&self.probes),
+            filter: self.filter.clone(),
+            live: Mutex::new(Vec::new()),
+            pending: Mutex::new(ProbeChange::default()),
+        });
+        let before = Arc::clone(&follower);
+        registry.before_publish(Box::new(move |set| before.prepare(set)));
+        registry.on_publish(Box::new(move |set| follower.published(set)));
         self.watch = Some(DropWatch::new(
             self.counters.clone(),
             Arc::clone(&self.stats),
@@ -317,6 +375,134 @@ impl EbpfSource {
             hostname,
             settings,
         ));
+    }
+}
+
+/// The struct member offsets of the running kernel (BTF); every slot unknown, and the syscall
+/// routes used, when there is no usable BTF.
+fn kernel_offsets() -> palisade_common::kernel::KernelOffsets {
+    match btf::kernel_offsets() {
+        Ok((offsets, missing)) => {
+            if !missing.is_empty() {
+                tracing::warn!(missing = %missing.join("; "), "kernel BTF lacks struct members; the programs that need them fall back");
+            }
+            offsets
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no kernel BTF; lifecycle events use syscall tracepoints");
+            palisade_common::kernel::UNKNOWN_OFFSETS
+        }
+    }
+}
+
+/// Kinds (bit `1 << kind`) whose programs `plan` needs: every kind it does not drop outright.
+fn needed_kinds(plan: &FilterPlan) -> u32 {
+    plan.words
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w & abi::FILTER_DROP == 0)
+        .fold(0, |acc, (k, _)| acc | 1 << k)
+}
+
+fn kind_names(kinds: u32) -> String {
+    EventKind::ALL
+        .iter()
+        .filter(|k| kinds & (1 << **k as u32) != 0)
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Keeps the kernel side (attached programs, filter maps) in step with a registry.
+struct Follower {
+    probes: Weak<Mutex<ProbeSet>>,
+    filter: KernelFilter,
+    /// Subscriptions of the set last published.
+    live: Mutex<Vec<crate::plugin::subscription::Subscription>>,
+    /// What `prepare` attached for the set being published (logged with its detach step).
+    pending: Mutex<ProbeChange>,
+}
+
+impl Follower {
+    /// Before `set` is visible: attach what the union of the live and the new subscriptions
+    /// needs and open its filter gates, so the new plugins' first events are caught while the
+    /// old ones still get theirs.
+    fn prepare(&self, set: &crate::plugin::registry::PluginSet) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let union = FilterPlan::from_subscriptions(
+            live.iter().chain(
+                set.detectors
+                    .iter()
+                    .flat_map(|p| p.interest.subscriptions.iter()),
+            ),
+        );
+        drop(live);
+        if let Some(probes) = self.probes.upgrade() {
+            let change = probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .attach_kinds(needed_kinds(&union));
+            *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = change;
+        }
+        if let Err(error) = self.filter.apply(&union) {
+            tracing::error!(%error, "kernel filter update failed; affected kinds pass every event");
+        }
+    }
+
+    /// Once `set` is live: narrow the filter to it and detach programs it does not need. Also
+    /// attaches what it needs, for the set current when the source starts following (which
+    /// had no `prepare`); for later sets that is already done.
+    fn published(&self, set: &crate::plugin::registry::PluginSet) {
+        let plan = FilterPlan::from_plugin_set(set);
+        let needed = needed_kinds(&plan);
+        if let Some(probes) = self.probes.upgrade() {
+            let late = probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .attach_kinds(needed);
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.programs.extend(late.programs);
+            pending.kinds |= late.kinds;
+            pending.failed.extend(late.failed);
+            pending.took += late.took;
+        }
+        if let Err(error) = self.filter.apply(&plan) {
+            tracing::error!(%error, "kernel filter update failed; affected kinds pass every event");
+        }
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = set
+            .detectors
+            .iter()
+            .flat_map(|p| p.interest.subscriptions.iter().cloned())
+            .collect();
+        let Some(probes) = self.probes.upgrade() else {
+            return;
+        };
+        let mut probes = probes.lock().unwrap_or_else(|p| p.into_inner());
+        let detached = probes.retain_kinds(needed);
+        let attached = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let failed: Vec<String> = attached
+            .failed
+            .iter()
+            .chain(&detached.failed)
+            .map(|(p, why)| format!("{p} ({why})"))
+            .collect();
+        if !failed.is_empty() {
+            tracing::error!(failures = %failed.join("; "), "kernel programs could not follow the subscriptions");
+        }
+        if attached.programs.is_empty() && detached.programs.is_empty() {
+            return;
+        }
+        tracing::info!(
+            generation = set.generation,
+            kinds_attached = %kind_names(attached.kinds),
+            kinds_detached = %kind_names(detached.kinds),
+            programs_attached = attached.programs.len(),
+            programs_detached = detached.programs.len(),
+            attach_ms = attached.took.as_secs_f64() * 1e3,
+            detach_ms = detached.took.as_secs_f64() * 1e3,
+            programs_now = probes.attached().len(),
+            "kernel programs follow the subscriptions"
+        );
     }
 }
 

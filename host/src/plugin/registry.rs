@@ -176,6 +176,8 @@ pub struct Registry {
     handover: Handover,
     /// Called with every published set, in publish order (see `on_publish`).
     listeners: Mutex<Vec<PublishListener>>,
+    /// Called with every set about to be published (see `before_publish`).
+    preparers: Mutex<Vec<PublishListener>>,
 }
 
 /// Observer of published plugin sets (the kernel source's filter follows them).
@@ -202,7 +204,19 @@ impl Registry {
             }),
             handover: Handover::new(),
             listeners: Mutex::new(Vec::new()),
+            preparers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Calls `listener` with every set about to be published, before any worker can see it
+    /// (under the registry lock, in order): what must be in place before new plugins receive
+    /// events (the kernel programs their subscriptions need) is set up here.
+    pub fn before_publish(&self, listener: PublishListener) {
+        let _inner = self.lock();
+        self.preparers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     /// Calls `listener` with the current set now and with every set published later, in
@@ -352,6 +366,14 @@ impl Registry {
             }
         }
         let set = Arc::new(set);
+        for prepare in self
+            .preparers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            prepare(&set);
+        }
         self.current.store(Arc::clone(&set));
         for listener in self
             .listeners
