@@ -47,6 +47,11 @@ pub struct ProcessCache {
     containers: HashMap<u64, Option<String>>,
     /// Where cgroup v2 is mounted (`None`: not mounted; ids then come from /proc only).
     cgroup2_root: Option<PathBuf>,
+    /// Thread views: tid -> (the cached record the view was made from, the view). Events of a
+    /// thread other than the one cached (any worker thread of a server) then share one record
+    /// instead of allocating one per event, and a plugin batch lists that process once.
+    /// Bounded by `capacity` (cleared when full).
+    threads: HashMap<u32, (Arc<Process>, Arc<Process>)>,
 }
 
 impl ProcessCache {
@@ -58,6 +63,7 @@ impl ProcessCache {
             clock: Clock::default(),
             containers: HashMap::new(),
             cgroup2_root: container::cgroup2_root(),
+            threads: HashMap::new(),
         }
     }
 
@@ -215,7 +221,7 @@ impl ProcessCache {
                 };
                 let updated = Arc::new(updated);
                 self.insert(updated.clone());
-                event.process = with_thread(&updated, &rec);
+                event.process = self.thread_view(&updated, &rec);
                 return;
             }
             EventData::FdDup { newfd, oldfd, .. } => {
@@ -231,12 +237,32 @@ impl ProcessCache {
             }
             EventData::Exit { .. } => {
                 self.procs.remove(&rec.pid);
+                self.threads.remove(&rec.tid);
             }
             _ => {}
         }
         if let Some(p) = cached {
-            event.process = with_thread(&p, &rec);
+            event.process = self.thread_view(&p, &rec);
         }
+    }
+
+    /// `cached` as seen by the record's thread, reusing the view made for that thread last
+    /// time while it still derives from the same cached record and matches.
+    fn thread_view(&mut self, cached: &Arc<Process>, rec: &Process) -> Arc<Process> {
+        if same_thread(cached, rec) {
+            return cached.clone();
+        }
+        if let Some((base, view)) = self.threads.get(&rec.tid) {
+            if Arc::ptr_eq(base, cached) && same_thread(view, rec) {
+                return view.clone();
+            }
+        }
+        let view = with_thread(cached, rec);
+        if self.threads.len() >= self.capacity {
+            self.threads.clear();
+        }
+        self.threads.insert(rec.tid, (cached.clone(), view.clone()));
+        view
     }
 }
 
@@ -340,14 +366,18 @@ fn find_cgroup(root: &Path, cgroup_id: u64) -> Option<String> {
     None
 }
 
+/// Whether `p` already shows what the kernel record says about its thread.
+fn same_thread(p: &Process, rec: &Process) -> bool {
+    p.tid == rec.tid
+        && p.uid == rec.uid
+        && p.gid == rec.gid
+        && p.comm == rec.comm
+        && p.cgroup_id == rec.cgroup_id
+}
+
 /// The cached process as seen by the record's thread: shares the `Arc` when nothing differs.
 fn with_thread(cached: &Arc<Process>, rec: &Process) -> Arc<Process> {
-    if cached.tid == rec.tid
-        && cached.uid == rec.uid
-        && cached.gid == rec.gid
-        && cached.comm == rec.comm
-        && cached.cgroup_id == rec.cgroup_id
-    {
+    if same_thread(cached, rec) {
         return cached.clone();
     }
     // euid is not in the kernel record: keep the cached one unless the real uid changed.
@@ -503,6 +533,66 @@ mod tests {
         cache.enrich(&mut exit);
         assert_eq!(exit.process.exe, "/bin/true");
         assert!(cache.get(child).is_none(), "evicted on exit");
+    }
+
+    /// Events of a worker thread share one record (so a plugin batch lists the process once)
+    /// until the process changes.
+    #[test]
+    fn events_of_one_thread_share_one_record() {
+        let mut cache = ProcessCache::new(DEFAULT_CAPACITY);
+        let pid = 4_000_000_002;
+        let mut fork = ev(1, EventData::Fork { child_pid: pid });
+        cache.procs.insert(
+            1,
+            Arc::new(Process {
+                pid: 1,
+                tid: 1,
+                ..Process::default()
+            }),
+        );
+        cache.enrich(&mut fork);
+        let from_thread = |tid: u32, data: EventData| Event {
+            ts_ns: 0,
+            process: Arc::new(Process {
+                pid,
+                tid,
+                comm: "worker".into(),
+                ..Process::default()
+            }),
+            data,
+        };
+        let open = || EventData::FileOpen(crate::event::FileOpenData::default());
+        let (mut a, mut b, mut c) = (
+            from_thread(pid + 1, open()),
+            from_thread(pid + 1, open()),
+            from_thread(pid + 2, open()),
+        );
+        for e in [&mut a, &mut b, &mut c] {
+            cache.enrich(e);
+        }
+        assert!(
+            Arc::ptr_eq(&a.process, &b.process),
+            "same thread, one record"
+        );
+        assert_eq!(
+            (a.process.tid, a.process.comm.as_str()),
+            (pid + 1, "worker")
+        );
+        assert_eq!(c.process.tid, pid + 2);
+        // An exec replaces the cached record: the thread's next view derives from the new one.
+        let mut exec = from_thread(
+            pid + 1,
+            EventData::Exec(ExecData {
+                filename: "/bin/new".into(),
+                args: vec!["new".into()],
+                args_truncated: false,
+            }),
+        );
+        cache.enrich(&mut exec);
+        let mut d = from_thread(pid + 1, open());
+        cache.enrich(&mut d);
+        assert_eq!(d.process.exe, "/bin/new");
+        assert!(!Arc::ptr_eq(&a.process, &d.process));
     }
 
     const CID: &str = "3f4a9c2b1e0d8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
