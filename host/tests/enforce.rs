@@ -970,3 +970,130 @@ fn bench_block_exec() {
     use std::io::Write;
     let _ = std::io::stdout().write_all(format!("{out}\n{json}\n").as_bytes());
 }
+
+/// A fresh copy of `true` whose contents no other file has.
+fn fresh_true(dir: &Path, i: usize) -> PathBuf {
+    let path = dir.join(format!("fresh-{i}"));
+    let mut bytes = fs::read("/usr/bin/true").unwrap();
+    bytes.extend_from_slice(unique("fresh").as_bytes());
+    fs::write(&path, bytes).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Cost of identity matching and of the sha256 exec check, for docs/performance.md (root; not
+/// run by CI):
+/// `cargo test -p palisade-host --release --test enforce -- --ignored --nocapture bench_block_exec_identity`
+#[test]
+#[ignore = "benchmark: prints a markdown table and a JSON line"]
+fn bench_block_exec_identity() {
+    if skip("bench_block_exec_identity") {
+        return;
+    }
+    const N: usize = 300;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let free = dir.path().join("free-true");
+    fs::copy("/usr/bin/true", &free).unwrap();
+    let fresh_dir = dir.path().join("fresh");
+    fs::create_dir(&fresh_dir).unwrap();
+    let enforcer = Arc::new(Enforcer::new(settings(&pins, false)));
+    let act = BlockExecActuator::new(Arc::clone(&enforcer));
+
+    // eBPF program cost per exec (kernel run-time stats), identity on, 1 path + 1 file rule.
+    let blocked = touch_copy(dir.path(), "blocked");
+    let req = ActionRequest::BlockExec(ExecMatch::Path(blocked.display().to_string()));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("b-1"), &req).unwrap() else {
+        panic!("held");
+    };
+    let prog_ns = |enforcer: &Enforcer, phase: &dyn Fn()| {
+        let (t0, c0) = enforcer.exec_program_stats().unwrap();
+        phase();
+        let (t1, c1) = enforcer.exec_program_stats().unwrap();
+        (t1 - t0).as_nanos() as f64 / (c1 - c0).max(1) as f64
+    };
+    let run_free = || {
+        for _ in 0..N {
+            spawn_wait(&free);
+        }
+    };
+    let identity_ns = prog_ns(&enforcer, &run_free);
+    act.release(&held("b-1", &req, &handle)).unwrap();
+    drop(act);
+    drop(enforcer);
+    let path_only = Arc::new(Enforcer::new(EnforceSettings {
+        inode_match: false,
+        ..settings(&pins, false)
+    }));
+    let act = BlockExecActuator::new(Arc::clone(&path_only));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("b-2"), &req).unwrap() else {
+        panic!("held");
+    };
+    let path_only_ns = prog_ns(&path_only, &run_free);
+    act.release(&held("b-2", &req, &handle)).unwrap();
+    drop(act);
+    drop(path_only);
+
+    // The sha256 exec check: every exec waits for this process's verdict.
+    let no_check_cached: Vec<Duration> = (0..N).map(|_| spawn_wait(&free).0).collect();
+    let no_check_fresh: Vec<Duration> = (0..N)
+        .map(|i| spawn_wait(&fresh_true(&fresh_dir, i)).0)
+        .collect();
+    let enforcer = Arc::new(Enforcer::new(settings(&pins, false)));
+    let act = BlockExecActuator::new(Arc::clone(&enforcer));
+    let req = ActionRequest::BlockExec(ExecMatch::Sha256("ab".repeat(32)));
+    let Outcome::Held { handle } = act.execute(&exec_ctx("s-1"), &req).unwrap() else {
+        panic!("held");
+    };
+    spawn_wait(&free); // hashed once
+    let c0 = enforcer.exec_check_counters().unwrap();
+    let check_cached: Vec<Duration> = (0..N).map(|_| spawn_wait(&free).0).collect();
+    let c1 = enforcer.exec_check_counters().unwrap();
+    let check_fresh: Vec<Duration> = (0..N)
+        .map(|i| spawn_wait(&fresh_true(&fresh_dir, N + i)).0)
+        .collect();
+    let c2 = enforcer.exec_check_counters().unwrap();
+    act.release(&held("s-1", &req, &handle)).unwrap();
+    let cached_verdict_us =
+        (c1.cached_ns - c0.cached_ns) as f64 / 1e3 / (c1.checked - c0.checked).max(1) as f64;
+    let hashed_verdict_us =
+        (c2.hashed_ns - c1.hashed_ns) as f64 / 1e3 / (c2.hashed - c1.hashed).max(1) as f64;
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let rows = [
+        ("exec, no check (same binary)", summarise(no_check_cached)),
+        (
+            "exec, sha256 check on, hash cached",
+            summarise(check_cached),
+        ),
+        ("exec of a new file, no check", summarise(no_check_fresh)),
+        (
+            "exec of a new file, sha256 check on (hashed)",
+            summarise(check_fresh),
+        ),
+    ];
+    let mut out = String::from("| measurement | p50 (µs) | p99 (µs) |\n| --- | ---: | ---: |\n");
+    for (name, (p50, p99)) in &rows {
+        out.push_str(&format!("| {name} | {p50:.0} | {p99:.0} |\n"));
+    }
+    out.push_str(&format!(
+        "\n| in-kernel / in-daemon cost per exec | mean |\n| --- | ---: |\n\
+         | exec program, identity + path lookup | {identity_ns:.0} ns |\n\
+         | exec program, path lookup only | {path_only_ns:.0} ns |\n\
+         | daemon verdict, hash cached | {cached_verdict_us:.1} µs |\n\
+         | daemon verdict, file hashed ({} bytes) | {hashed_verdict_us:.1} µs |\n\nload average: {}",
+        fs::metadata("/usr/bin/true").unwrap().len(),
+        load.trim()
+    ));
+    let json = serde_json::json!({
+        "bench": "block_exec_identity",
+        "samples": N,
+        "exec_program_ns": {"identity_and_path": identity_ns, "path_only": path_only_ns},
+        "verdict_us": {"cached": cached_verdict_us, "hashed": hashed_verdict_us},
+        "loadavg": load.trim(),
+        "rows": rows.iter().map(|(n, (p50, p99))| serde_json::json!({"name": n, "p50_us": p50, "p99_us": p99})).collect::<Vec<_>>(),
+    });
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(format!("{out}\n{json}\n").as_bytes());
+}

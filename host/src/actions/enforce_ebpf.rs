@@ -223,7 +223,7 @@ pub struct BlockKeys {
 /// What the sha256 exec check did since it started in this process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExecCheckCounters {
-    /// Execs asked about while some hash was recorded.
+    /// Execs whose hash was looked up (some rule recorded, or the hash already cached).
     pub checked: u64,
     /// Files hashed (cache misses).
     pub hashed: u64,
@@ -231,6 +231,10 @@ pub struct ExecCheckCounters {
     pub denied: u64,
     /// Files over [`HASH_MAX_BYTES`], allowed unhashed.
     pub too_large: u64,
+    /// Nanoseconds the check spent on execs answered from the hash cache, and on those that
+    /// hashed the file (the verdict's cost in the daemon, not the fanotify round trip).
+    pub cached_ns: u64,
+    pub hashed_ns: u64,
 }
 
 /// The loaded object, shared by both actuators; programs are loaded and attached on first use.
@@ -613,6 +617,16 @@ impl Enforcer {
             .unwrap_or_default()
     }
 
+    /// The kernel's run statistics of the exec program (total run time, runs; zero unless
+    /// `kernel.bpf_stats_enabled` is 1), once it is attached in this process.
+    pub fn exec_program_stats(&self) -> Option<(std::time::Duration, u64)> {
+        let guard = lock(&self.loaded);
+        let loaded = guard.as_ref().filter(|l| l.exec_attached)?;
+        let tp: &TracePoint = loaded.ebpf.program(abi::PROG_BLOCK_EXEC)?.try_into().ok()?;
+        let info = tp.info().ok()?;
+        Some((info.run_time(), info.run_count()))
+    }
+
     /// The exec program's counters, once it is attached in this process.
     pub fn block_counters(&self) -> Option<BlockCounters> {
         let guard = lock(&self.loaded);
@@ -897,6 +911,18 @@ const HASH_CACHE_MAX: usize = 8192;
 /// is hashed again.
 type HashCacheKey = (u64, u64, u64, i64, i64, i64, i64);
 
+fn cache_key(meta: &fs::Metadata) -> HashCacheKey {
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
 /// block-exec's sha256 [`ExecCheck`]: hashes the executed file (through the fanotify event's
 /// descriptor) and denies when the pinned `BLOCK_EXEC_SHA256` map holds the hash.
 struct HashCheck {
@@ -907,6 +933,8 @@ struct HashCheck {
     hashed: AtomicU64,
     denied: AtomicU64,
     too_large: AtomicU64,
+    cached_ns: AtomicU64,
+    hashed_ns: AtomicU64,
 }
 
 impl HashCheck {
@@ -919,6 +947,8 @@ impl HashCheck {
             hashed: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
+            cached_ns: AtomicU64::new(0),
+            hashed_ns: AtomicU64::new(0),
         }
     }
 
@@ -928,23 +958,13 @@ impl HashCheck {
             hashed: self.hashed.load(Ordering::Relaxed),
             denied: self.denied.load(Ordering::Relaxed),
             too_large: self.too_large.load(Ordering::Relaxed),
+            cached_ns: self.cached_ns.load(Ordering::Relaxed),
+            hashed_ns: self.hashed_ns.load(Ordering::Relaxed),
         }
     }
 
-    /// sha256 of `file`, from the cache when its identity and times are unchanged.
-    fn hash_of(&self, file: &fs::File, meta: &fs::Metadata) -> Option<[u8; 32]> {
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.len(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-        );
-        if let Some(h) = lock(&self.cache).get(&key) {
-            return Some(*h);
-        }
+    /// sha256 of `file`, remembered under `key`.
+    fn hash_file(&self, file: &fs::File, key: HashCacheKey) -> Option<[u8; 32]> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut off = 0u64;
@@ -969,6 +989,21 @@ impl HashCheck {
 
 impl ExecCheck for HashCheck {
     fn allow_exec(&self, pid: i32, file: &fs::File, meta: &fs::Metadata) -> bool {
+        let started = std::time::Instant::now();
+        let hashed_before = self.hashed.load(Ordering::Relaxed);
+        let allow = self.verdict(pid, file, meta);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if self.hashed.load(Ordering::Relaxed) != hashed_before {
+            self.hashed_ns.fetch_add(ns, Ordering::Relaxed);
+        } else {
+            self.cached_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+        allow
+    }
+}
+
+impl HashCheck {
+    fn verdict(&self, pid: i32, file: &fs::File, meta: &fs::Metadata) -> bool {
         let mut map = lock(&self.map);
         if map.is_none() {
             match MapData::from_pin(&self.pin)
@@ -985,18 +1020,26 @@ impl ExecCheck for HashCheck {
         let Some(hashes) = map.as_ref() else {
             return true;
         };
-        // No sha256 rule left (released from the CLI): nothing to hash.
-        if hashes.keys().next().is_none() {
-            return true;
-        }
-        self.checked.fetch_add(1, Ordering::Relaxed);
-        if meta.len() > HASH_MAX_BYTES {
-            self.too_large.fetch_add(1, Ordering::Relaxed);
-            return true;
-        }
-        let Some(hash) = self.hash_of(file, meta) else {
-            return true;
+        let key = cache_key(meta);
+        let cached = lock(&self.cache).get(&key).copied();
+        let hash = match cached {
+            Some(h) => h,
+            None => {
+                // No sha256 rule left (released from the CLI): nothing to hash.
+                if hashes.keys().next().is_none() {
+                    return true;
+                }
+                if meta.len() > HASH_MAX_BYTES {
+                    self.too_large.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                let Some(h) = self.hash_file(file, key) else {
+                    return true;
+                };
+                h
+            }
         };
+        self.checked.fetch_add(1, Ordering::Relaxed);
         if hashes.get(&hash, 0).is_ok() {
             self.denied.fetch_add(1, Ordering::Relaxed);
             // Debug, not warn: a denied process retrying in a loop must not flood the log.
