@@ -223,6 +223,15 @@ fn run_execveat(bin: &Path, marker: &Path) -> ExitStatus {
     status
 }
 
+/// Unmounts (lazily) on drop, so a failing test leaves no bind mount behind.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// The ways a test runs `bin`, each with its own marker under `dir`, so a side effect is
 /// attributed to the form that caused it: (form, status, marker).
 fn run_every_way(bin: &Path, dir: &Path, round: &str) -> Vec<(&'static str, ExitStatus, PathBuf)> {
@@ -277,9 +286,10 @@ fn run_every_way(bin: &Path, dir: &Path, round: &str) -> Vec<(&'static str, Exit
         .unwrap()
         .success();
     assert!(bound, "bind mount for the test");
+    let unmount = Unmount(mnt.clone());
     let marker = m("bind-mount");
     let status = run_via_shell(&mnt.join(name), &marker);
-    let _ = Command::new("umount").arg(&mnt).status();
+    drop(unmount);
     out.push(("bind-mount", status, marker));
     fs::remove_dir_all(&links).unwrap();
     out
@@ -790,6 +800,21 @@ fn blocks_and_quarantines_survive_a_restart_and_the_cli_releases_them() {
         "{summary:?}"
     );
     assert_eq!(run(&bin, &marker).signal(), Some(9), "block re-applied");
+    // Re-applied by identity too: a relative name is caught.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && exec ./blocked-touch {}",
+            dir.path().display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "relative name after restart: {status:?}"
+    );
     assert!(!marker.exists());
     assert!(cg.blocked(port));
 
