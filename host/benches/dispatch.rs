@@ -2,7 +2,9 @@
 //! `bench-trivial` detector (one Store each, as in production), batched and one event per call,
 //! next to the same logic compiled natively; plus end-to-end events/s through router, worker
 //! and one plugin. Prints a markdown table and a JSON line. Run:
-//! `cargo bench -p palisade-host --bench dispatch` (env BENCH_EVENTS to change the event count).
+//! `cargo bench -p palisade-host --bench dispatch` (env BENCH_EVENTS: event count; BENCH_RUNS:
+//! interleaved runs per row, median and range reported; BENCH_ONLY=file_open_batched: only
+//! file_open, 10 plugins, 256 per call, for `perf record`).
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 use std::hint::black_box;
@@ -81,12 +83,74 @@ fn native(events: &[Arc<Event>], prefix: &str) -> usize {
         .count()
 }
 
+/// Median and range of one row's runs, in ns per event per plugin.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64]) -> Self {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Stats {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+        }
+    }
+}
+
 struct Row {
     kind: &'static str,
     plugins: usize,
     batch: usize,
-    ns_per_event_per_plugin: f64,
+    stats: Stats,
     events_per_s: f64,
+}
+
+/// The events one row sends: unbatched calls are slow, so they get an eighth of the events.
+fn events_for(evs: &[Arc<Event>], batch: usize) -> &[Arc<Event>] {
+    if batch == 1 {
+        &evs[..evs.len() / 8]
+    } else {
+        evs
+    }
+}
+
+/// Sends `evs` in batches of `batch` to every instance, as the worker does: each batch is
+/// converted once and shared by every plugin, the conversion inside the timed region.
+fn time_dispatch(
+    instances: &mut [Instance],
+    evs: &[Arc<Event>],
+    batch: usize,
+    deadline: Duration,
+) -> anyhow::Result<Duration> {
+    let evs = events_for(evs, batch);
+    // Warm up.
+    let b = wit_batch(evs[..batch].iter());
+    for inst in instances.iter_mut() {
+        inst.on_events(&b, deadline, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let started = Instant::now();
+    for chunk in evs.chunks(batch) {
+        let b = wit_batch(chunk.iter());
+        for inst in instances.iter_mut() {
+            let alerts = inst
+                .on_events(&b, deadline, None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            black_box(alerts);
+        }
+    }
+    Ok(started.elapsed())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,76 +179,97 @@ fn main() -> anyhow::Result<()> {
     let forks = fork_events(n_events);
     let deadline = Duration::from_secs(10);
 
-    let mut rows = Vec::new();
-    for &plugins in &[1usize, 10, 50] {
-        let mut instances: Vec<Instance> = (0..plugins)
+    // Every row is measured `runs` times, the runs interleaved (run 1 of every row, then run 2,
+    // ...) so a slow phase of the machine spreads over all rows; the table gives the median and
+    // the range. BENCH_ONLY=file_open_batched measures just that row (for perf record).
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let only = std::env::var("BENCH_ONLY").ok();
+    let plugin_counts: &[usize] = match only.as_deref() {
+        Some("file_open_batched") => &[10],
+        _ => &[1, 10, 50],
+    };
+    let mut pools = Vec::new();
+    for &plugins in plugin_counts {
+        let instances: Vec<Instance> = (0..plugins)
             .map(|_| Instance::start(&engine, &plugin))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (kind, batch, evs) in [
-            ("file_open", 1usize, &evs),
-            ("file_open", 256, &evs),
-            ("fork", 256, &forks),
-        ] {
-            // Batches are converted once per worker batch and shared by every plugin, as in
-            // the worker; conversion is inside the timed region.
-            let events_here = if batch == 1 {
-                &evs[..evs.len() / 8]
-            } else {
-                &evs[..]
-            };
-            // Warm up.
-            for inst in &mut instances {
-                let b = wit_batch(events_here[..batch].iter());
-                inst.on_events(&b, deadline, None)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+        pools.push((plugins, instances));
+    }
+    let cases: &[(&str, usize)] = match only.as_deref() {
+        Some("file_open_batched") => &[("file_open", 256)],
+        _ => &[("file_open", 1), ("file_open", 256), ("fork", 256)],
+    };
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pools.len() * cases.len()];
+    let mut build_samples = Vec::new();
+    let mut native_samples = Vec::new();
+    let load_before = loadavg();
+    for _ in 0..runs {
+        for (p, (plugins, instances)) in pools.iter_mut().enumerate() {
+            for (c, &(kind, batch)) in cases.iter().enumerate() {
+                let evs = if kind == "fork" { &forks } else { &evs };
+                let elapsed = time_dispatch(instances, evs, batch, deadline)?;
+                let events_here = events_for(evs, batch).len();
+                samples[p * cases.len() + c]
+                    .push(elapsed.as_nanos() as f64 / (events_here * *plugins) as f64);
             }
-            let started = Instant::now();
-            for chunk in events_here.chunks(batch) {
-                let b = wit_batch(chunk.iter());
-                for inst in &mut instances {
-                    let alerts = inst
-                        .on_events(&b, deadline, None)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    black_box(alerts);
-                }
-            }
-            let elapsed = started.elapsed();
-            let calls = (events_here.len() * plugins) as f64;
+        }
+        // The host's share alone: building the shared WIT batches, no plugin called.
+        let started = Instant::now();
+        for chunk in evs.chunks(256) {
+            black_box(wit_batch(chunk.iter()));
+        }
+        build_samples.push(started.elapsed().as_nanos() as f64 / evs.len() as f64);
+        // Native floor: the same logic compiled into the host.
+        let started = Instant::now();
+        let mut hits = 0;
+        for _ in 0..10 {
+            hits += native(black_box(&evs), "/nonexistent/");
+        }
+        native_samples.push(started.elapsed().as_nanos() as f64 / (evs.len() * 10) as f64);
+        black_box(hits);
+    }
+    let mut rows = Vec::new();
+    for (p, (plugins, _)) in pools.iter().enumerate() {
+        for (c, &(kind, batch)) in cases.iter().enumerate() {
+            let stats = Stats::of(&samples[p * cases.len() + c]);
             rows.push(Row {
                 kind,
-                plugins,
+                plugins: *plugins,
                 batch,
-                ns_per_event_per_plugin: elapsed.as_nanos() as f64 / calls,
-                events_per_s: events_here.len() as f64 / elapsed.as_secs_f64(),
+                // Each event goes through every plugin.
+                events_per_s: 1e9 / (stats.median * *plugins as f64),
+                stats,
             });
         }
     }
-
-    // Native floor.
-    let started = Instant::now();
-    let mut hits = 0;
-    for _ in 0..10 {
-        hits += native(black_box(&evs), "/nonexistent/");
-    }
-    let native_ns = started.elapsed().as_nanos() as f64 / (evs.len() * 10) as f64;
-    black_box(hits);
+    let build = Stats::of(&build_samples);
+    let native_stats = Stats::of(&native_samples);
+    drop(pools);
 
     // End to end: router -> worker -> one plugin -> (no alerts), events/s.
-    let pipeline = daemon.start_pipeline("bench", Vec::new())?;
-    let sink = pipeline.sink();
-    let owned: Vec<Event> = evs.iter().map(|e| (**e).clone()).collect();
-    let started = Instant::now();
-    for event in owned {
-        sink.submit(event, Delivery::Backpressure);
-    }
-    drop(sink);
-    pipeline.finish();
-    let e2e = evs.len() as f64 / started.elapsed().as_secs_f64();
+    let e2e = if only.is_some() {
+        None
+    } else {
+        let pipeline = daemon.start_pipeline("bench", Vec::new())?;
+        let sink = pipeline.sink();
+        let owned: Vec<Event> = evs.iter().map(|e| (**e).clone()).collect();
+        let started = Instant::now();
+        for event in owned {
+            sink.submit(event, Delivery::Backpressure);
+        }
+        drop(sink);
+        pipeline.finish();
+        Some(evs.len() as f64 / started.elapsed().as_secs_f64())
+    };
 
     // Compile vs cached load, per first-party plugin.
     let mut load_rows = Vec::new();
-    for p in &built.plugins {
+    for p in built.plugins.iter().filter(|_| only.is_none()) {
         let cache = tempfile::tempdir()?;
         let engine = palisade::plugin::engine::PluginEngine::new(Some(cache.path()))?;
         let bytes = std::fs::read(&p.wasm)?;
@@ -198,32 +283,55 @@ fn main() -> anyhow::Result<()> {
         assert!(hit);
         load_rows.push((p.name.clone(), bytes.len(), miss_ms, hit_ms));
     }
-    println!("| plugin | .wasm bytes | compile (cache miss) ms | cached load ms |");
-    println!("|---|---:|---:|---:|");
-    for (name, size, miss, hit) in &load_rows {
-        println!("| {name} | {size} | {miss:.1} | {hit:.2} |");
+    if !load_rows.is_empty() {
+        println!("| plugin | .wasm bytes | compile (cache miss) ms | cached load ms |");
+        println!("|---|---:|---:|---:|");
+        for (name, size, miss, hit) in &load_rows {
+            println!("| {name} | {size} | {miss:.1} | {hit:.2} |");
+        }
+        println!();
     }
-    println!();
 
+    let load_after = loadavg();
     println!(
-        "| event | plugins | events per call | ns per event per plugin | events/s (all plugins) |"
+        "{n_events} events, {runs} interleaved runs per row; load average before {load_before}, after {load_after}\n"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| event | plugins | events per call | ns per event per plugin (median) | range | events/s (all plugins) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} |",
-            r.kind, r.plugins, r.batch, r.ns_per_event_per_plugin, r.events_per_s
+            "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.0} |",
+            r.kind, r.plugins, r.batch, r.stats.median, r.stats.min, r.stats.max, r.events_per_s
         );
     }
-    println!("| file_open | native | - | {native_ns:.1} | - |");
-    println!("\nend to end (router + worker + 1 plugin, batches up to 256): {e2e:.0} events/s\n");
+    println!(
+        "| file_open | native | - | {:.1} | {:.1}–{:.1} | - |",
+        native_stats.median, native_stats.min, native_stats.max
+    );
+    println!(
+        "\nhost batch build alone (wit_batch, 256 events per batch): {:.0} ns per event (range {:.0}–{:.0})",
+        build.median, build.min, build.max
+    );
+    if let Some(e2e) = e2e {
+        println!("end to end (router + worker + 1 plugin, batches up to 256): {e2e:.0} events/s");
+    }
+    println!();
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| serde_json::json!({"event": r.kind, "plugins": r.plugins, "batch": r.batch, "ns_per_event_per_plugin": r.ns_per_event_per_plugin, "events_per_s": r.events_per_s}))
+        .map(|r| serde_json::json!({"event": r.kind, "plugins": r.plugins, "batch": r.batch, "ns_per_event_per_plugin": r.stats.median, "min": r.stats.min, "max": r.stats.max, "events_per_s": r.events_per_s}))
         .collect();
     println!(
         "{}",
-        serde_json::json!({"bench": "dispatch", "events": n_events, "rows": json_rows, "native_ns_per_event": native_ns, "end_to_end_events_per_s": e2e, "load": load_rows.iter().map(|(n, s, m, h)| serde_json::json!({"plugin": n, "bytes": s, "compile_ms": m, "cached_load_ms": h})).collect::<Vec<_>>()})
+        serde_json::json!({"bench": "dispatch", "events": n_events, "runs": runs, "loadavg_before": load_before, "loadavg_after": load_after, "rows": json_rows, "native_ns_per_event": native_stats.median, "host_batch_build_ns_per_event": build.median, "end_to_end_events_per_s": e2e, "load": load_rows.iter().map(|(n, s, m, h)| serde_json::json!({"plugin": n, "bytes": s, "compile_ms": m, "cached_load_ms": h})).collect::<Vec<_>>()})
     );
     Ok(())
+}
+
+/// The 1/5/15-minute load averages, as the docs report them beside wall-clock figures.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }

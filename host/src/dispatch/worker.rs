@@ -203,8 +203,8 @@ impl Worker {
         if self.swap_due(&set) {
             self.swap_in(&set);
         }
-        let mut full: Option<wit::EventBatch> = None;
-        let mut subset_cache: Option<(Vec<usize>, wit::EventBatch)> = None;
+        let mut full: Option<convert::LoweredBatch> = None;
+        let mut subset_cache: Option<(Vec<usize>, convert::LoweredBatch)> = None;
         for plugin in &set.detectors {
             let indices: Vec<usize> = (0..batch.len())
                 .filter(|&i| plugin.interest.matches(&batch[i]))
@@ -219,7 +219,7 @@ impl Worker {
                 }
                 continue;
             }
-            let wit_batch: &wit::EventBatch = if indices.len() == batch.len() {
+            let wit_batch: &convert::LoweredBatch = if indices.len() == batch.len() {
                 full.get_or_insert_with(|| convert::wit_batch(batch.iter()))
             } else {
                 if subset_cache.as_ref().is_none_or(|(idx, _)| *idx != indices) {
@@ -253,7 +253,7 @@ impl Worker {
     fn call(
         &mut self,
         plugin: &LoadedPlugin,
-        batch: &wit::EventBatch,
+        batch: &convert::LoweredBatch,
         event_now: Option<u64>,
     ) -> Result<Vec<wit::Alert>, CallError> {
         let instance = match self.instances.entry(plugin.name().to_string()) {

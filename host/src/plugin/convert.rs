@@ -12,6 +12,9 @@ use crate::alert::{Alert, Priority};
 use crate::capability::{Capability, CapabilitySet};
 use crate::event::{Event, EventData, EventKind, FdTargetKind, KindSet, Process};
 
+mod lowered;
+pub use lowered::LoweredBatch;
+
 /// The `strings` buffer of one WIT batch (or routed alert) under construction: every string is
 /// appended once and referred to by a [`wit::Span`]. Spans are only made from `&str`s appended
 /// here, so each one is in bounds and valid UTF-8, as the contract promises guests.
@@ -188,38 +191,91 @@ fn wit_event_data(data: &EventData, arena: &mut Arena) -> wit::EventData {
     }
 }
 
-/// Builds a WIT batch from events: each distinct process (by `Arc` identity) is listed once,
-/// and every string of the processes and events goes into the batch's one `strings` buffer.
-/// The only encoder of detector batches.
-pub fn wit_batch<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>) -> wit::EventBatch {
-    let events = events.into_iter();
-    // A file event carries one ~30-byte path; sizing for that avoids most regrowth.
-    let mut arena = Arena::with_capacity(events.size_hint().0 * 48 + 256);
-    let mut processes = Vec::new();
+/// Where [`each_wit_event`] puts a batch's processes and events.
+trait BatchSink {
+    fn process(&mut self, p: wit::Process);
+    fn event(&mut self, e: wit::Event);
+}
+
+impl BatchSink for LoweredBatch {
+    fn process(&mut self, p: wit::Process) {
+        self.push_process(&p);
+    }
+    fn event(&mut self, e: wit::Event) {
+        self.push_event(&e);
+    }
+}
+
+impl BatchSink for wit::EventBatch {
+    fn process(&mut self, p: wit::Process) {
+        self.processes.push(p);
+    }
+    fn event(&mut self, e: wit::Event) {
+        self.events.push(e);
+    }
+}
+
+/// Walks `events` in WIT form: each distinct process (by `Arc` identity) goes to `sink` once,
+/// before the first event that refers to it by index, and every string into `arena`.
+fn each_wit_event<'a>(
+    events: impl Iterator<Item = &'a Arc<Event>>,
+    arena: &mut Arena,
+    sink: &mut impl BatchSink,
+) {
     let mut index: HashMap<*const Process, u32> = HashMap::new();
-    let mut out = Vec::with_capacity(events.size_hint().0);
-    for event in events {
-        let key = Arc::as_ptr(&event.process);
-        let process = match index.get(&key) {
-            Some(&i) => i,
-            None => {
-                processes.push(wit_process(&event.process, &mut arena));
-                let i = (processes.len() - 1) as u32;
-                index.insert(key, i);
+    // Events come in runs of one process: checking the previous one first skips most lookups.
+    let mut last: Option<(*const Process, u32)> = None;
+    for e in events {
+        let key = Arc::as_ptr(&e.process);
+        let i = match last {
+            Some((k, i)) if k == key => i,
+            _ => {
+                let next = index.len() as u32;
+                let i = *index.entry(key).or_insert_with(|| {
+                    sink.process(wit_process(&e.process, arena));
+                    next
+                });
+                last = Some((key, i));
                 i
             }
         };
-        out.push(wit::Event {
-            ts_ns: event.ts_ns,
-            process,
-            data: wit_event_data(&event.data, &mut arena),
+        sink.event(wit::Event {
+            ts_ns: e.ts_ns,
+            process: i,
+            data: wit_event_data(&e.data, arena),
         });
     }
-    wit::EventBatch {
-        strings: arena.into_bytes(),
-        processes,
-        events: out,
-    }
+}
+
+/// Builds a detector batch: each distinct process listed once, every string of the processes
+/// and events in the batch's one `strings` buffer, all of it laid out in canonical-ABI form so
+/// each plugin's call copies it instead of lowering it field by field (see [`LoweredBatch`]).
+/// The only encoder of detector batches; build once per batch and share it across plugins.
+pub fn wit_batch<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>) -> LoweredBatch {
+    let events = events.into_iter();
+    let n = events.size_hint().0;
+    // A file event carries one ~30-byte path; sizing for that avoids most regrowth.
+    let mut arena = Arena::with_capacity(n * 48 + 256);
+    let mut batch = LoweredBatch::with_capacity(n);
+    each_wit_event(events, &mut arena, &mut batch);
+    batch.set_strings(arena.into_bytes());
+    batch
+}
+
+/// The same batch as generated WIT values, for wasmtime's own (field-by-field) lowering:
+/// the reference [`LoweredBatch`] is tested against, and what benchmarks compare it with.
+pub fn wit_event_batch<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>) -> wit::EventBatch {
+    let events = events.into_iter();
+    let n = events.size_hint().0;
+    let mut arena = Arena::with_capacity(n * 48 + 256);
+    let mut batch = wit::EventBatch {
+        strings: Vec::new(),
+        processes: Vec::new(),
+        events: Vec::with_capacity(n),
+    };
+    each_wit_event(events, &mut arena, &mut batch);
+    batch.strings = arena.into_bytes();
+    batch
 }
 
 pub fn priority(p: wit::Priority) -> Priority {
@@ -461,7 +517,7 @@ mod tests {
             ),
             event(&q, EventData::Fork { child_pid: 9 }),
         ];
-        let batch = wit_batch(events.iter());
+        let batch = wit_event_batch(events.iter());
         assert_eq!(batch.processes.len(), 2, "processes listed once each");
         assert_eq!(
             batch.events.iter().map(|e| e.process).collect::<Vec<_>>(),
@@ -532,7 +588,7 @@ mod tests {
             .map(|t| t.len())
             .sum::<usize>();
         assert_eq!(s.len(), expected);
-        assert!(wit_batch(std::iter::empty()).strings.is_empty());
+        assert!(wit_event_batch(std::iter::empty()).strings.is_empty());
     }
 
     #[test]

@@ -78,6 +78,10 @@ impl PluginEngine {
         config.epoch_interruption(true);
         // No component-model-async: each sync call is ~0.4 µs cheaper (measured, wasmtime 48).
         config.concurrency_support(false);
+        // Profiling aid only (perf needs a map to name JIT code); changes nothing else.
+        if std::env::var_os("PALISADE_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(2_000)
             .total_core_instances(20_000)

@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wasmtime::component::{Func, TypedFunc};
 use wasmtime::Store;
 
 use super::bindings::{detector, responder, types as wit};
+use super::convert::LoweredBatch;
 use super::engine::PluginEngine;
 use super::host_impl::{HostState, PluginContext};
 use super::manifest::PluginConfig;
@@ -195,9 +197,17 @@ impl CallError {
 }
 
 enum Bindings {
-    Detector(detector::Detector),
+    /// `on_events` is the detector's `on-events` export, type-checked at instantiation against
+    /// [`LoweredBatch`] (which lowers a prebuilt batch image instead of the generated types).
+    Detector {
+        bindings: detector::Detector,
+        on_events: Func,
+    },
     Responder(responder::Responder),
 }
+
+/// `on-events` as called with a prebuilt batch image.
+type OnEvents<'a> = TypedFunc<(&'a LoweredBatch,), (Vec<wit::Alert>,)>;
 
 impl Drop for Instance {
     fn drop(&mut self) {
@@ -246,7 +256,24 @@ impl Instance {
         };
         let bindings = match pre {
             Pre::Detector(pre) => {
-                Bindings::Detector(pre.instantiate(&mut store).map_err(instantiate_err)?)
+                let instance = pre
+                    .instance_pre()
+                    .instantiate(&mut store)
+                    .map_err(instantiate_err)?;
+                let bindings =
+                    detector::Detector::new(&mut store, &instance).map_err(instantiate_err)?;
+                let on_events = instance
+                    .get_func(&mut store, "on-events")
+                    .ok_or_else(|| wasmtime::Error::msg("no `on-events` export"))
+                    .and_then(|f| {
+                        f.typed::<(&LoweredBatch,), (Vec<wit::Alert>,)>(&store)
+                            .map(|_| f)
+                    })
+                    .map_err(instantiate_err)?;
+                Bindings::Detector {
+                    bindings,
+                    on_events,
+                }
             }
             Pre::Responder(pre) => {
                 Bindings::Responder(pre.instantiate(&mut store).map_err(instantiate_err)?)
@@ -264,7 +291,7 @@ impl Instance {
     pub fn describe(&mut self, deadline: Duration) -> Result<wit::PluginInfo, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
         let result = match &self.bindings {
-            Bindings::Detector(b) => b.call_describe(&mut self.store),
+            Bindings::Detector { bindings: b, .. } => b.call_describe(&mut self.store),
             Bindings::Responder(b) => b.call_describe(&mut self.store),
         };
         result.map_err(|e| CallError::from_wasmtime(&e))
@@ -274,7 +301,7 @@ impl Instance {
         let config = super::convert::wit_config(config);
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
         let result = match &self.bindings {
-            Bindings::Detector(b) => b.call_init(&mut self.store, &config),
+            Bindings::Detector { bindings: b, .. } => b.call_init(&mut self.store, &config),
             Bindings::Responder(b) => b.call_init(&mut self.store, &config),
         };
         match result {
@@ -291,17 +318,44 @@ impl Instance {
     /// call (what `clock` and state TTLs see); None uses the pipeline clock.
     pub fn on_events(
         &mut self,
+        batch: &LoweredBatch,
+        deadline: Duration,
+        event_now_ns: Option<u64>,
+    ) -> Result<Vec<wit::Alert>, CallError> {
+        let Bindings::Detector { on_events, .. } = &self.bindings else {
+            return Ok(Vec::new());
+        };
+        // SAFETY: `on_events` was type-checked against exactly these parameter and result
+        // types when the instance was created (`Func::typed` in `instantiate`).
+        #[expect(
+            unsafe_code,
+            reason = "skips a per-call type check done at instantiation"
+        )]
+        let func = unsafe { OnEvents::new_unchecked(*on_events) };
+        self.last_used = Instant::now();
+        self.store.data_mut().event_now_ns = event_now_ns;
+        self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        func.call(&mut self.store, (batch,))
+            .map(|(alerts,)| alerts)
+            .map_err(|e| CallError::from_wasmtime(&e))
+    }
+
+    /// [`Self::on_events`] through wasmtime's generated lowering of the WIT types: the
+    /// reference the prebuilt image is tested against, and a benchmark baseline.
+    pub fn on_events_typed(
+        &mut self,
         batch: &wit::EventBatch,
         deadline: Duration,
         event_now_ns: Option<u64>,
     ) -> Result<Vec<wit::Alert>, CallError> {
-        let Bindings::Detector(b) = &self.bindings else {
+        let Bindings::Detector { bindings, .. } = &self.bindings else {
             return Ok(Vec::new());
         };
         self.last_used = Instant::now();
         self.store.data_mut().event_now_ns = event_now_ns;
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
-        b.call_on_events(&mut self.store, batch)
+        bindings
+            .call_on_events(&mut self.store, batch)
             .map_err(|e| CallError::from_wasmtime(&e))
     }
 
@@ -323,6 +377,6 @@ impl Instance {
     }
 
     pub fn is_detector(&self) -> bool {
-        matches!(self.bindings, Bindings::Detector(_))
+        matches!(self.bindings, Bindings::Detector { .. })
     }
 }
