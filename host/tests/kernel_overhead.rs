@@ -22,6 +22,12 @@
 //! JSON line. `PALISADE_BENCH_ROUNDS` (default 3) and `PALISADE_BENCH_SECS` (default 3) tune it;
 //! everything runs at nice `PALISADE_BENCH_NICE` (default -15) so concurrent builds on the
 //! machine disturb the comparison less.
+//!
+//! Then, unless `PALISADE_BENCH_BPF_STATS=0`, one more pass per workload with each daemon
+//! configuration and the kernel's BPF run-time statistics on (not counted in the ratios: the
+//! statistics add two clock reads per program run): per program, runs per workload operation and
+//! ns per run, and the sum, the programs' own cost per operation. That figure measures the
+//! programs, not the machine, so it holds on a loaded machine where wall ratios do not.
 #![cfg(feature = "ebpf")]
 #![expect(
     unsafe_code,
@@ -318,6 +324,104 @@ fn ensure_auditd() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Ids of every BPF program loaded in the kernel now.
+fn program_ids() -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// (name, run count, run time ns) of the programs `ids`.
+fn program_stats(ids: &std::collections::BTreeSet<u32>) -> Vec<(String, u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| {
+            (
+                p.name_as_str().unwrap_or("?").to_owned(),
+                p.run_count(),
+                p.run_time().as_nanos() as u64,
+            )
+        })
+        .collect()
+}
+
+/// The stats pass: per daemon configuration and workload, the daemon's programs that ran
+/// (runs per operation, ns per run) and their total ns per operation. Returns markdown rows.
+fn bpf_stats_pass(
+    workloads: &[Workload],
+    dirs: &dyn Fn(Workload, &str) -> PathBuf,
+    scratch: &Path,
+    crate_dir: &Path,
+    open_arg: &str,
+    exec_arg: &str,
+) -> String {
+    let Ok(_stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) else {
+        return "| (BPF statistics unavailable on this kernel) | | | |\n".to_owned();
+    };
+    let mut rows = String::new();
+    for workload in workloads {
+        for config in &CONFIGS[1..3] {
+            let before_ids = program_ids();
+            let running = start_daemon(&dirs(*workload, config), scratch);
+            let ids: std::collections::BTreeSet<u32> =
+                program_ids().difference(&before_ids).copied().collect();
+            let before = program_stats(&ids);
+            let (ops, shown) = match workload {
+                Workload::Open => {
+                    let s = run_loop("open", open_arg);
+                    let secs: f64 = open_arg.split(',').next().unwrap().parse().unwrap();
+                    (s.rate * secs, "open")
+                }
+                Workload::Exec => {
+                    let s = run_loop("exec", exec_arg);
+                    let secs: f64 = exec_arg.parse().unwrap();
+                    (s.rate * secs, "exec")
+                }
+                Workload::Build => {
+                    run_build(crate_dir);
+                    (1.0, "build")
+                }
+            };
+            let after = program_stats(&ids);
+            running.stop();
+            let mut parts = Vec::new();
+            let mut total_ns = 0.0;
+            for (name, cnt, ns) in &after {
+                let (c0, n0) = before
+                    .iter()
+                    .find(|(n, _, _)| n == name)
+                    .map(|(_, c, t)| (*c, *t))
+                    .unwrap_or((0, 0));
+                let runs = cnt.saturating_sub(c0);
+                if runs == 0 {
+                    continue;
+                }
+                let per_run = ns.saturating_sub(n0) as f64 / runs as f64;
+                total_ns += ns.saturating_sub(n0) as f64 / ops;
+                parts.push((runs as f64 / ops, name.clone(), per_run));
+            }
+            parts.sort_by(|a, b| (b.0 * b.2).total_cmp(&(a.0 * a.2)));
+            let listed: Vec<String> = parts
+                .iter()
+                .take(8)
+                .map(|(per_op, name, per_run)| format!("{name} {per_op:.2}x{per_run:.0} ns"))
+                .collect();
+            rows.push_str(&format!(
+                "| {} | {config} | {} | {total_ns:.0} ns per {shown} |\n",
+                workload.name(),
+                if listed.is_empty() {
+                    "(none ran)".to_owned()
+                } else {
+                    listed.join(", ")
+                },
+            ));
+        }
+    }
+    rows
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -539,4 +643,34 @@ fn bench_overhead() {
         json.join(",")
     );
     let _ = std::io::stderr().write_all(summary.as_bytes());
+
+    if std::env::var("PALISADE_BENCH_BPF_STATS").as_deref() != Ok("0") {
+        let dirs = |w: Workload, config: &str| {
+            if config == "daemon, none subscribed" {
+                empty.clone()
+            } else {
+                one(w.plugin())
+            }
+        };
+        let rows = bpf_stats_pass(
+            &workloads,
+            &dirs,
+            scratch.path(),
+            &crate_dir,
+            &open_arg,
+            &exec_arg,
+        );
+        let _ = std::io::stderr().write_all(
+            format!(
+                "\nkernel_overhead: the daemon's BPF programs, kernel run-time statistics (one \
+                 extra pass, not in the ratios): program runs-per-operation x ns-per-run, top 8, \
+                 and the sum per operation; load average {}\n\n| workload | daemon | programs \
+                 that ran | BPF time per operation |\n|---|---|---|---:|\n{rows}",
+                std::fs::read_to_string("/proc/loadavg")
+                    .unwrap_or_default()
+                    .trim()
+            )
+            .as_bytes(),
+        );
+    }
 }
