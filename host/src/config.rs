@@ -45,7 +45,9 @@ idle_release_secs = 300
 # Worker threads that run detectors, events sharded by process; 0 = one per CPU core.
 workers = 0
 # Events buffered per worker queue; a full queue drops (and counts) instead of blocking.
-queue_capacity = 8192
+# 65536 covers ~160 ms of a 400k events/s burst (a worker descheduled on a busy node, a
+# plugin instantiated on its first batch); slots are preallocated (16 bytes each, 1 MiB per worker).
+queue_capacity = 65536
 # Most events handed to a plugin in one call.
 batch_max = 256
 # How long a worker waits to fill a batch before calling plugins with what it has.
