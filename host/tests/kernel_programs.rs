@@ -268,3 +268,40 @@ fn an_attach_all_source_detaches_what_nobody_subscribes_to() {
     wait_open_linked(0, "after the unload");
     drop(source);
 }
+
+/// The hook the kernel side relies on for "no blind window": a `before_publish` listener sees
+/// each new set while the registry still serves the previous one, and an `on_publish` listener
+/// sees it once it is served. No root needed.
+#[test]
+fn before_publish_runs_while_the_old_set_is_still_served() {
+    let h = Harness::new("");
+    let seen: std::sync::Arc<Mutex<Vec<(&str, u64, u64)>>> = Default::default();
+    for (when, before) in [("before", true), ("after", false)] {
+        let (registry, seen) = (h.daemon.registry.clone(), seen.clone());
+        let listener = Box::new(move |set: &palisade::plugin::registry::PluginSet| {
+            let served = registry.snapshot().generation;
+            seen.lock().unwrap().push((when, set.generation, served));
+        });
+        if before {
+            h.daemon.registry.before_publish(listener);
+        } else {
+            h.daemon.registry.on_publish(listener);
+        }
+    }
+    h.install(&test_plugin("path-watch"), "path-watch", None);
+    h.load(1);
+    assert!(h.daemon.registry.remove("path-watch").is_some());
+    let seen = seen.lock().unwrap();
+    let befores: Vec<_> = seen.iter().filter(|s| s.0 == "before").collect();
+    let afters: Vec<_> = seen.iter().filter(|s| s.0 == "after" && s.1 > 0).collect();
+    assert_eq!(befores.len(), 2, "{seen:?}");
+    for (_, new, served) in &befores {
+        assert!(
+            served < new,
+            "before_publish saw generation {new} already served: {seen:?}"
+        );
+    }
+    for (_, new, served) in afters {
+        assert_eq!(new, served, "{seen:?}");
+    }
+}
