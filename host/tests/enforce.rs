@@ -444,7 +444,34 @@ fn blocked_binary_dies_whatever_name_runs_it() {
     assert!(counters.killed_by_inode >= 6, "{counters:?}");
     assert_eq!(counters.signal_failed, 0);
 
+    // A second rule naming the same file through a symlink shares its identity key: releasing
+    // the first keeps the file blocked under every name.
+    let alias = dir.path().join("alias");
+    std::os::unix::fs::symlink(&blocked, &alias).unwrap();
+    let req2 = ActionRequest::BlockExec(ExecMatch::Path(alias.display().to_string()));
+    let Outcome::Held { handle: handle2 } = act.execute(&exec_ctx("act-any-2"), &req2).unwrap()
+    else {
+        panic!("held");
+    };
+    assert_eq!(enforcer.blocked_files().len(), 1);
     act.release(&held("act-any-1", &req, &handle)).unwrap();
+    let marker = dir.path().join("marker-still");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && exec ./blocked-touch {}",
+            bin_dir.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "held by the second rule: {status:?}"
+    );
+    assert!(!marker.exists());
+    act.release(&held("act-any-2", &req2, &handle2)).unwrap();
     assert!(enforcer.blocked_files().is_empty() && enforcer.blocked_keys().is_empty());
     for (form, status, marker) in run_every_way(&blocked, dir.path(), "released") {
         assert!(status.success(), "{form} after release: {status:?}");
