@@ -818,20 +818,24 @@ struct Resolved {
 }
 
 impl Resolved {
-    /// Adds the path keys of `path` and, when it is an existing regular file, its identity.
-    fn add_path(&mut self, path: &str) -> Result<(), ActionError> {
+    /// Adds the path keys of `path` (refused when it is relative, has `..` or is too long).
+    fn add_path_keys(&mut self, path: &str) -> Result<(), ActionError> {
         for k in exec_keys(path)? {
             if !self.keys.paths.contains(&k) {
                 self.keys.paths.push(k);
             }
         }
-        if let Some((file, fd)) = file_key(Path::new(path)) {
+        Ok(())
+    }
+
+    /// Adds the identity of the file at `path`, when it is an existing regular file.
+    fn add_identity(&mut self, path: &Path) {
+        if let Some((file, fd)) = file_key(path) {
             if !self.keys.files.iter().any(|f| f.key() == file.key()) {
                 self.keys.files.push(file);
                 self.pins.push(fd);
             }
         }
-        Ok(())
     }
 }
 
@@ -1245,7 +1249,10 @@ impl BlockExecActuator {
     fn resolve_pinned(&self, rule: &ExecMatch) -> Result<Resolved, ActionError> {
         let mut r = Resolved::default();
         match rule {
-            ExecMatch::Path(path) => r.add_path(path)?,
+            ExecMatch::Path(path) => {
+                r.add_path_keys(path)?;
+                r.add_identity(Path::new(path));
+            }
             ExecMatch::Sha256(hash) => {
                 let hash = hash.to_ascii_lowercase();
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1254,9 +1261,10 @@ impl BlockExecActuator {
                     )));
                 }
                 for file in files_with_sha256(&self.enforcer.settings.hash_roots, &hash) {
+                    r.add_identity(&file);
+                    // A path too long (or not UTF-8) for a key is still blocked by identity.
                     if let Some(s) = file.to_str() {
-                        // A path too long for a key is still blocked by identity.
-                        let _ = r.add_path(s);
+                        let _ = r.add_path_keys(s);
                     }
                 }
                 r.sha256 = Some(hash);
