@@ -280,6 +280,17 @@ fn helper_entry() {
             // wall-clock rates.
             println!("CPU={}", own_cpu_secs());
         }
+        "threads_exit" => {
+            // exit_group(3) while other threads run: the kernel kills them (SIGKILL, default
+            // action) and the process's status is still 3.
+            for _ in 0..4 {
+                std::thread::spawn(|| loop {
+                    std::thread::sleep(Duration::from_millis(1));
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            std::process::exit(3);
+        }
         other => panic!("unknown helper action {other}"),
     }
 }
@@ -1046,4 +1057,32 @@ fn syscall_route_still_reports_argv_and_exit_codes() {
     });
     stop.stop();
     reader.join().unwrap();
+}
+
+/// A multi-threaded process ending with exit_group(3) exits with 3, not with the SIGKILL its
+/// other threads receive on the way out (the struct route reads the group's exit status).
+#[test]
+fn multithreaded_exit_reports_the_group_status() {
+    if skip("multithreaded_exit_reports_the_group_status") {
+        return;
+    }
+    let f = fixture();
+    if !f.routes.exit_code_from_task {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: kernel_events::multithreaded_exit_reports_the_group_status (no BTF offset \
+             for task->exit_code on this kernel)"
+        );
+        return;
+    }
+    let mut child = helper("threads_exit", "")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    let exit = f.events.wait_for("the threaded helper's exit", |e| {
+        e.process.pid == pid && e.kind() == EventKind::Exit
+    });
+    assert_eq!(exit.data, EventData::Exit { code: 3 });
 }
