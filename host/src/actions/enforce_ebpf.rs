@@ -1,6 +1,6 @@
 //! The kernel-backed actuators `block-exec` and `network-quarantine`, and the loader of their
 //! eBPF object (`palisade-enforce`, built beside the event programs by host/build.rs and
-//! embedded). Owns the bpffs pin directory (`actions.bpf_pin_dir`): the block map and the
+//! embedded). Owns the bpffs pin directory (`actions.bpf_pin_dir`): the block maps and the
 //! quarantine links are pinned there, so `palisade actions release` (another process) can undo
 //! them and a restarted daemon finds them. Never touches the event source's object.
 //!
