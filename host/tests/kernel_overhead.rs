@@ -35,6 +35,7 @@
 )]
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::print_stderr,
     reason = "a benchmark panics on failure and reports on stderr"
 )]

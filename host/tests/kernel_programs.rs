@@ -275,7 +275,9 @@ fn an_attach_all_source_detaches_what_nobody_subscribes_to() {
 #[test]
 fn before_publish_runs_while_the_old_set_is_still_served() {
     let h = Harness::new("");
-    let seen: std::sync::Arc<Mutex<Vec<(&str, u64, u64)>>> = Default::default();
+    // (listener, generation of the set it got, generation served at that moment)
+    type Seen = Vec<(&'static str, u64, u64)>;
+    let seen: std::sync::Arc<Mutex<Seen>> = Default::default();
     for (when, before) in [("before", true), ("after", false)] {
         let (registry, seen) = (h.daemon.registry.clone(), seen.clone());
         let listener = Box::new(move |set: &palisade::plugin::registry::PluginSet| {
