@@ -4,7 +4,8 @@
 //! and one plugin. Prints a markdown table and a JSON line. Run:
 //! `cargo bench -p palisade-host --bench dispatch` (env BENCH_EVENTS: event count; BENCH_RUNS:
 //! interleaved runs per row, median and range reported; BENCH_ONLY=file_open_batched: only
-//! file_open, 10 plugins, 256 per call, for `perf record`).
+//! file_open, 10 plugins, 256 per call, for `perf record`; BENCH_PLUGIN: path of another build
+//! of bench-trivial, e.g. unstripped; PALISADE_WASM_PERFMAP=1 lets perf name JIT code).
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 use std::hint::black_box;
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 use palisade::config::Config;
 use palisade::daemon::Daemon;
 use palisade::event::source::Delivery;
-use palisade::event::{Event, EventData, FileOpenData, Process};
-use palisade::plugin::convert::wit_batch;
+use palisade::event::{Event, EventData, ExecData, FileOpenData, Process};
+use palisade::plugin::convert::{wit_batch, wit_event_batch};
 use palisade::plugin::instance::Instance;
 use palisade::plugin::registry::LoadRequest;
 
@@ -53,6 +54,25 @@ fn events(n: usize) -> Vec<Arc<Event>> {
                     flags: 0,
                     mode: 0,
                     result: Some(3),
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Exec events: a filename and three arguments, the one record with a nested list (`args`),
+/// which costs a guest allocation per event and plugin.
+fn exec_events(n: usize) -> Vec<Arc<Event>> {
+    let p = process(3000);
+    (0..n)
+        .map(|i| {
+            Arc::new(Event {
+                ts_ns: i as u64,
+                process: Arc::clone(&p),
+                data: EventData::Exec(ExecData {
+                    filename: "/usr/bin/python3".into(),
+                    args: vec!["python3".into(), "-c".into(), format!("print({i})")],
+                    args_truncated: false,
                 }),
             })
         })
@@ -110,6 +130,7 @@ impl Stats {
 
 struct Row {
     kind: &'static str,
+    lowering: &'static str,
     plugins: usize,
     batch: usize,
     stats: Stats,
@@ -125,29 +146,61 @@ fn events_for(evs: &[Arc<Event>], batch: usize) -> &[Arc<Event>] {
     }
 }
 
+/// How a row's batches reach the plugins.
+#[derive(Clone, Copy, PartialEq)]
+enum Lowering {
+    /// The daemon's path: a canonical-ABI image built once per batch, copied into each plugin.
+    Image,
+    /// wasmtime's generated lowering of the WIT values, field by field per plugin (the path
+    /// before the image; kept as the baseline).
+    Wasmtime,
+}
+
 /// Sends `evs` in batches of `batch` to every instance, as the worker does: each batch is
 /// converted once and shared by every plugin, the conversion inside the timed region.
 fn time_dispatch(
     instances: &mut [Instance],
     evs: &[Arc<Event>],
     batch: usize,
+    lowering: Lowering,
     deadline: Duration,
 ) -> anyhow::Result<Duration> {
     let evs = events_for(evs, batch);
+    let call = |inst: &mut Instance, chunk: &[Arc<Event>]| -> anyhow::Result<()> {
+        let alerts = match lowering {
+            Lowering::Image => inst.on_events(&wit_batch(chunk.iter()), deadline, None),
+            Lowering::Wasmtime => {
+                inst.on_events_typed(&wit_event_batch(chunk.iter()), deadline, None)
+            }
+        };
+        black_box(alerts.map_err(|e| anyhow::anyhow!("{e}"))?);
+        Ok(())
+    };
     // Warm up.
-    let b = wit_batch(evs[..batch].iter());
     for inst in instances.iter_mut() {
-        inst.on_events(&b, deadline, None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        call(inst, &evs[..batch])?;
     }
     let started = Instant::now();
     for chunk in evs.chunks(batch) {
-        let b = wit_batch(chunk.iter());
-        for inst in instances.iter_mut() {
-            let alerts = inst
-                .on_events(&b, deadline, None)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            black_box(alerts);
+        match lowering {
+            Lowering::Image => {
+                let b = wit_batch(chunk.iter());
+                for inst in instances.iter_mut() {
+                    black_box(
+                        inst.on_events(&b, deadline, None)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    );
+                }
+            }
+            Lowering::Wasmtime => {
+                let b = wit_event_batch(chunk.iter());
+                for inst in instances.iter_mut() {
+                    black_box(
+                        inst.on_events_typed(&b, deadline, None)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    );
+                }
+            }
         }
     }
     Ok(started.elapsed())
@@ -159,10 +212,16 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let built = xtask::build_plugins_once()?;
-    let wasm = &built
-        .test_plugin("bench-trivial")
-        .ok_or_else(|| anyhow::anyhow!("bench-trivial not built"))?
-        .wasm;
+    // BENCH_PLUGIN: another build of bench-trivial (e.g. unstripped, for perf to name guest code).
+    let wasm = match std::env::var_os("BENCH_PLUGIN") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => built
+            .test_plugin("bench-trivial")
+            .ok_or_else(|| anyhow::anyhow!("bench-trivial not built"))?
+            .wasm
+            .clone(),
+    };
+    let wasm = &wasm;
     let dir = tempfile::tempdir()?;
     let text = format!(
         "version = 1\n[plugins]\ndir = {:?}\ncache_dir = {:?}\nwatch = false\n[engine]\nworkers = 1\n[actions]\naudit_log = {:?}\n",
@@ -177,6 +236,7 @@ fn main() -> anyhow::Result<()> {
     let engine = Arc::clone(daemon.registry.engine());
     let evs = events(n_events);
     let forks = fork_events(n_events);
+    let execs = exec_events(n_events);
     let deadline = Duration::from_secs(10);
 
     // Every row is measured `runs` times, the runs interleaved (run 1 of every row, then run 2,
@@ -188,6 +248,24 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(5)
         .max(1);
     let only = std::env::var("BENCH_ONLY").ok();
+    if only.as_deref() == Some("build") {
+        // The host's batch build alone, on one cache-hot batch and streaming over all events.
+        for _ in 0..5 {
+            let hot = &evs[..256];
+            let started = Instant::now();
+            for _ in 0..2000 {
+                black_box(wit_batch(hot.iter()));
+            }
+            let hot_ns = started.elapsed().as_nanos() as f64 / (256.0 * 2000.0);
+            let started = Instant::now();
+            for chunk in evs.chunks(256) {
+                black_box(wit_batch(chunk.iter()));
+            }
+            let cold_ns = started.elapsed().as_nanos() as f64 / evs.len() as f64;
+            println!("build: hot {hot_ns:.1} ns/event, streaming {cold_ns:.1} ns/event");
+        }
+        return Ok(());
+    }
     let plugin_counts: &[usize] = match only.as_deref() {
         Some("file_open_batched") => &[10],
         _ => &[1, 10, 50],
@@ -200,9 +278,15 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         pools.push((plugins, instances));
     }
-    let cases: &[(&str, usize)] = match only.as_deref() {
-        Some("file_open_batched") => &[("file_open", 256)],
-        _ => &[("file_open", 1), ("file_open", 256), ("fork", 256)],
+    let cases: &[(&str, usize, Lowering)] = match only.as_deref() {
+        Some("file_open_batched") => &[("file_open", 256, Lowering::Image)],
+        _ => &[
+            ("file_open", 1, Lowering::Image),
+            ("file_open", 256, Lowering::Image),
+            ("file_open", 256, Lowering::Wasmtime),
+            ("fork", 256, Lowering::Image),
+            ("exec", 256, Lowering::Image),
+        ],
     };
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pools.len() * cases.len()];
     let mut build_samples = Vec::new();
@@ -210,9 +294,13 @@ fn main() -> anyhow::Result<()> {
     let load_before = loadavg();
     for _ in 0..runs {
         for (p, (plugins, instances)) in pools.iter_mut().enumerate() {
-            for (c, &(kind, batch)) in cases.iter().enumerate() {
-                let evs = if kind == "fork" { &forks } else { &evs };
-                let elapsed = time_dispatch(instances, evs, batch, deadline)?;
+            for (c, &(kind, batch, lowering)) in cases.iter().enumerate() {
+                let evs = match kind {
+                    "fork" => &forks,
+                    "exec" => &execs,
+                    _ => &evs,
+                };
+                let elapsed = time_dispatch(instances, evs, batch, lowering, deadline)?;
                 let events_here = events_for(evs, batch).len();
                 samples[p * cases.len() + c]
                     .push(elapsed.as_nanos() as f64 / (events_here * *plugins) as f64);
@@ -235,10 +323,14 @@ fn main() -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for (p, (plugins, _)) in pools.iter().enumerate() {
-        for (c, &(kind, batch)) in cases.iter().enumerate() {
+        for (c, &(kind, batch, lowering)) in cases.iter().enumerate() {
             let stats = Stats::of(&samples[p * cases.len() + c]);
             rows.push(Row {
                 kind,
+                lowering: match lowering {
+                    Lowering::Image => "image",
+                    Lowering::Wasmtime => "wasmtime",
+                },
                 plugins: *plugins,
                 batch,
                 // Each event goes through every plugin.
@@ -294,20 +386,27 @@ fn main() -> anyhow::Result<()> {
 
     let load_after = loadavg();
     println!(
-        "{n_events} events, {runs} interleaved runs per row; load average before {load_before}, after {load_after}\n"
+        "{n_events} events, {runs} interleaved runs per row; load average before {load_before}, after {load_after}; lowering: image = the daemon's prebuilt batch, wasmtime = generated field-by-field lowering (the old path)\n"
     );
     println!(
-        "| event | plugins | events per call | ns per event per plugin (median) | range | events/s (all plugins) |"
+        "| event | lowering | plugins | events per call | ns per event per plugin (median) | range | events/s (all plugins) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.0} |",
-            r.kind, r.plugins, r.batch, r.stats.median, r.stats.min, r.stats.max, r.events_per_s
+            "| {} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.0} |",
+            r.kind,
+            r.lowering,
+            r.plugins,
+            r.batch,
+            r.stats.median,
+            r.stats.min,
+            r.stats.max,
+            r.events_per_s
         );
     }
     println!(
-        "| file_open | native | - | {:.1} | {:.1}–{:.1} | - |",
+        "| file_open | native | native | - | {:.1} | {:.1}–{:.1} | - |",
         native_stats.median, native_stats.min, native_stats.max
     );
     println!(
@@ -320,7 +419,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| serde_json::json!({"event": r.kind, "plugins": r.plugins, "batch": r.batch, "ns_per_event_per_plugin": r.stats.median, "min": r.stats.min, "max": r.stats.max, "events_per_s": r.events_per_s}))
+        .map(|r| serde_json::json!({"event": r.kind, "lowering": r.lowering, "plugins": r.plugins, "batch": r.batch, "ns_per_event_per_plugin": r.stats.median, "min": r.stats.min, "max": r.stats.max, "events_per_s": r.events_per_s}))
         .collect();
     println!(
         "{}",

@@ -107,12 +107,54 @@ impl<'a> Strings<'a> {
         dst.push_str(self.get(span));
     }
 
+    /// Copies `spans` into `dst`, reusing its strings (and their allocations) in order.
+    fn fill_list(&self, dst: &mut Vec<String>, spans: &[w::Span]) {
+        dst.truncate(spans.len());
+        let have = dst.len();
+        for (d, &s) in dst.iter_mut().zip(spans) {
+            self.fill(d, s);
+        }
+        dst.extend(spans[have..].iter().map(|&s| self.string(s)));
+    }
+
     /// Decodes `data` into `slot`, reusing the strings `slot` already owns when it holds the
-    /// same kind of payload: a batch is mostly runs of one kind (opens), so after the first
-    /// event the guest allocates nothing per event. Other kinds are decoded afresh.
+    /// same kind of payload: a batch is mostly runs of one kind (opens, execs), so after the
+    /// first event of a run the guest allocates nothing per event (an exec only when it has
+    /// more arguments than any before it in the run). A change of kind decodes afresh.
     pub(crate) fn event_data_into(&self, data: &w::EventData, slot: &mut EventData) {
         use w::EventData as W;
         match (data, &mut *slot) {
+            (W::Exec(e), EventData::Exec(d)) => {
+                self.fill(&mut d.filename, e.filename);
+                self.fill_list(&mut d.args, &e.args);
+                d.args_truncated = e.args_truncated;
+            }
+            (W::FileChown(c), EventData::FileChown(d)) => {
+                self.fill(&mut d.path, c.path);
+                d.uid = c.uid;
+                d.gid = c.gid;
+            }
+            (W::FileLink(l), EventData::FileLink(d)) => {
+                self.fill(&mut d.target, l.target);
+                self.fill(&mut d.link, l.link);
+                d.symbolic = l.symbolic;
+            }
+            (W::NetListen(l), EventData::NetListen(d)) => {
+                d.family = l.family;
+                d.protocol = l.protocol;
+                self.fill(&mut d.addr, l.addr);
+                d.port = l.port;
+            }
+            (W::ModuleLoad(name), EventData::ModuleLoad(d)) => self.fill(d, *name),
+            (W::Mount(m), EventData::Mount(d)) => {
+                self.fill(&mut d.source, m.source);
+                self.fill(&mut d.target, m.target);
+                self.fill(&mut d.fstype, m.fstype);
+            }
+            (W::MemfdCreate(m), EventData::MemfdCreate(d)) => {
+                self.fill(&mut d.name, m.name);
+                d.memfd_flags = m.memfd_flags;
+            }
             (W::FileOpen(f), EventData::FileOpen(d)) => {
                 self.fill(&mut d.path, f.path);
                 d.open_flags = f.open_flags;
@@ -519,6 +561,19 @@ mod tests {
                 mode: 0o600,
                 result: Some(-13),
             }));
+        }
+        // A run of execs with more, fewer, no, and again more arguments than the one before.
+        for args in [&["sh", "-c", "id"][..], &["ls"], &[], &["a", "", "c", "dé"]] {
+            datas.push(EventData::Exec(ExecData {
+                filename: format!("/bin/{}", args.len()),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                args_truncated: args.len() == 1,
+            }));
+        }
+        // Every kind twice in a row, so each reuse arm runs.
+        for data in every_kind() {
+            datas.push(data.clone());
+            datas.push(data);
         }
         let mut batch = EventBatch::new();
         for (i, data) in datas.into_iter().enumerate() {

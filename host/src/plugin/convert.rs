@@ -255,7 +255,9 @@ pub fn wit_batch<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>) -> Lowere
     let events = events.into_iter();
     let n = events.size_hint().0;
     // A file event carries one ~30-byte path; sizing for that avoids most regrowth.
-    let mut arena = Arena::with_capacity(n * 48 + 256);
+    let mut arena = Arena {
+        bytes: lowered::spare_buffer(n * 48 + 256),
+    };
     let mut batch = LoweredBatch::with_capacity(n);
     each_wit_event(events, &mut arena, &mut batch);
     batch.set_strings(arena.into_bytes());

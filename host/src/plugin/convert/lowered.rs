@@ -65,25 +65,22 @@ struct ListImage {
 impl ListImage {
     fn new(align: u32, capacity: usize) -> Self {
         ListImage {
-            bytes: Vec::with_capacity(capacity),
+            bytes: spare_buffer(capacity),
             len: 0,
             align,
             nested: Vec::new(),
-            nested_bytes: Vec::new(),
+            nested_bytes: spare_buffer(0),
         }
     }
 
-    /// Appends one zeroed element of `size` bytes and returns it for writing.
-    fn push(&mut self, size: usize) -> (usize, Rec<'_>) {
+    /// Appends one element (written on the stack first: a fixed-size copy is far cheaper than
+    /// growing the vector by a zeroed range and writing through bounds checks); returns its
+    /// offset.
+    fn push<const N: usize>(&mut self, element: &[u8; N]) -> usize {
         let at = self.bytes.len();
-        self.bytes.resize(at + size, 0);
+        self.bytes.extend_from_slice(element);
         self.len += 1;
-        (
-            at,
-            Rec {
-                buf: &mut self.bytes[at..],
-            },
-        )
+        at
     }
 
     /// Records the list `elems` (each `size` bytes, written by `write`) nested at `at`.
@@ -173,6 +170,57 @@ impl Rec<'_> {
     }
 }
 
+thread_local! {
+    /// Byte buffers of dropped batches, reused by the next ones built on this thread (a worker
+    /// builds and drops its batches on its own thread). Without it, allocating and freeing a
+    /// few 10 KiB buffers per batch made glibc consolidate and trim its heap and the kernel
+    /// fault pages back in: more than half of the host's batch build time in perf.
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// At most this many spare buffers per thread, each at most this large (a rare huge batch's
+/// buffers are freed, not kept).
+const SPARE_BUFFERS: usize = 16;
+const SPARE_MAX_BYTES: usize = 1 << 20;
+
+/// An empty buffer with room for `capacity` bytes, reusing a spare one when there is one.
+pub(super) fn spare_buffer(capacity: usize) -> Vec<u8> {
+    match SPARE.with(|s| s.borrow_mut().pop()) {
+        Some(mut buf) => {
+            buf.reserve(capacity);
+            buf
+        }
+        None => Vec::with_capacity(capacity),
+    }
+}
+
+fn give_back(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_MAX_BYTES {
+        return;
+    }
+    buf.clear();
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
+
+impl Drop for LoweredBatch {
+    fn drop(&mut self) {
+        for buf in [
+            std::mem::take(&mut self.strings),
+            std::mem::take(&mut self.processes.bytes),
+            std::mem::take(&mut self.processes.nested_bytes),
+            std::mem::take(&mut self.events.bytes),
+            std::mem::take(&mut self.events.nested_bytes),
+        ] {
+            give_back(buf);
+        }
+    }
+}
+
 /// A detector batch in canonical-ABI form, ready to be copied into any detector's memory. Built
 /// by [`super::wit_batch`]; passed to `Instance::on_events`.
 pub struct LoweredBatch {
@@ -205,7 +253,8 @@ impl LoweredBatch {
     }
 
     pub(super) fn push_process(&mut self, p: &wit::Process) {
-        let (at, mut r) = self.processes.push(PROCESS);
+        let mut buf = [0u8; PROCESS];
+        let mut r = Rec { buf: &mut buf };
         r.u32(0, p.pid);
         r.u32(4, p.tid);
         r.u32(8, p.ppid);
@@ -223,6 +272,7 @@ impl LoweredBatch {
         }
         r.u64(80, p.start_ns);
         // ancestors (88): nested below.
+        let at = self.processes.push(&buf);
         self.processes
             .nest(at + PROCESS_ARGS, SPAN, 4, &p.args, |r, &s| r.span(0, s));
         self.processes
@@ -235,7 +285,8 @@ impl LoweredBatch {
 
     pub(super) fn push_event(&mut self, e: &wit::Event) {
         use wit::EventData as W;
-        let (at, mut r) = self.events.push(EVENT);
+        let mut buf = [0u8; EVENT];
+        let mut r = Rec { buf: &mut buf };
         r.u64(0, e.ts_ns);
         r.u32(8, e.process);
         // The payload's own offsets are relative to `p`.
@@ -352,6 +403,7 @@ impl LoweredBatch {
             }
         };
         r.u8(EVENT_DATA, case);
+        let at = self.events.push(&buf);
         if let W::Exec(x) = &e.data {
             self.events
                 .nest(at + EVENT_EXEC_ARGS, SPAN, 4, &x.args, |r, &s| r.span(0, s));
