@@ -152,6 +152,41 @@ pub const FILTER_COMMS_MAX: u32 = 1024;
 pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
 pub const FILTER_PORTS_LEN: u32 = 65536;
 
+/// One-element array of [`PathHeads`]: a prefilter the path gate checks before the LPM trie, so
+/// a path no subscription can match is rejected without a trie walk (measured ~25-50 ns per
+/// open on this machine). Kind-agnostic and conservative: a hit only means "ask the trie".
+pub const MAP_FILTER_HEADS: &str = "FILTER_HEADS";
+/// Bits in [`PathHeads::bits`].
+pub const HEAD_BITS: u32 = 4096;
+/// [`PathHeads::flags`]: the bitmap describes the current `FILTER_PATHS` (while clear, for
+/// instance at load, the gate goes straight to the trie).
+pub const HEADS_VALID: u32 = 1;
+
+/// The heads of the `FILTER_PATHS` entries, hashed into a bitmap. A path's *head* is its first
+/// 8 bytes as a little-endian u64 with the bytes from its NUL on cleared (a path of 3
+/// characters keeps 3 bytes). Entry `e` sets bit [`head_hash`]`(e[..8], 8)` when it is at least
+/// 8 bytes long or ends with its NUL (an exact path: its zero-padded bytes are exactly the
+/// head of the one path it matches); a shorter prefix entry of length `l` sets
+/// `head_hash(e, l)` and bit `l` of `short_lens`, and the program then also checks the path's
+/// head cut to `l` bytes. Every path an entry matches hits its bit; other paths hit a bit only
+/// by hash collision (and then the trie decides).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathHeads {
+    /// `HEADS_VALID`.
+    pub flags: u32,
+    /// Bit `l` (1..=7): some prefix entry is `l` bytes long.
+    pub short_lens: u32,
+    pub bits: [u64; (HEAD_BITS / 64) as usize],
+}
+
+/// The bitmap index of a head cut to `len` bytes (`len` 1..=8; 8 for full heads).
+#[inline(always)]
+pub const fn head_hash(head: u64, len: u32) -> u32 {
+    let x = head ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x.wrapping_mul(0xFF51_AFD7_ED55_8CCD) >> (64 - HEAD_BITS.trailing_zeros())) as u32
+}
+
 /// Key of `FILTER_PATHS`, laid out like the kernel's `struct bpf_lpm_trie_key` (and aya's
 /// `lpm_trie::Key<[u8; PATH_LEN]>`): a prefix length in bits, then the bytes.
 #[repr(C, packed)]
@@ -305,6 +340,8 @@ const _: () = assert!(core::mem::size_of::<AcceptStash>() == 16);
 const _: () = assert!(core::mem::size_of::<OpenStash>() == 32);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 4 + PATH_LEN);
 const _: () = assert!(KIND_COUNT <= 32);
+const _: () = assert!(core::mem::size_of::<PathHeads>() == 8 + HEAD_BITS as usize / 8);
+const _: () = assert!(HEAD_BITS.is_power_of_two() && HEAD_BITS >= 64);
 // Every record is a multiple of 8 so ring-buffer records stay aligned for the u64 fields.
 const _: () = assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Path2Record>().is_multiple_of(8));

@@ -12,8 +12,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
 };
 use palisade_common::{
-    COMM_LEN, COUNTER_FILTERED, FILTER_COMMS_MAX, FILTER_DROP, FILTER_GATES, FILTER_GATE_COMM,
-    FILTER_PATHS_MAX, FILTER_PORTS_LEN, KIND_COUNT, PATH_LEN,
+    head_hash, PathHeads, COMM_LEN, COUNTER_FILTERED, FILTER_COMMS_MAX, FILTER_DROP, FILTER_GATES,
+    FILTER_GATE_COMM, FILTER_PATHS_MAX, FILTER_PORTS_LEN, HEADS_VALID, KIND_COUNT, PATH_LEN,
 };
 
 use crate::{count, DAEMON_TGID};
@@ -25,6 +25,10 @@ static FILTER: Array<u32> = Array::with_max_entries(KIND_COUNT, 0);
 /// Path prefixes and exact paths -> kind bitmask.
 #[map]
 static FILTER_PATHS: LpmTrie<[u8; PATH_LEN], u32> = LpmTrie::with_max_entries(FILTER_PATHS_MAX, 0);
+
+/// Heads of the `FILTER_PATHS` entries (see `palisade_common::PathHeads`); invalid at load.
+#[map]
+static FILTER_HEADS: Array<PathHeads> = Array::with_max_entries(1, 0);
 
 /// Comm -> kind bitmask.
 #[map]
@@ -139,6 +143,49 @@ pub(crate) fn read_path(slot: u32, src: u64) -> Option<ScratchPath> {
     Some(ScratchPath { key, n })
 }
 
+/// The head of a path whose first 8 bytes are `raw` (little-endian) and that has `chars`
+/// bytes before its NUL: bytes from the NUL on cleared.
+#[inline(always)]
+pub(crate) fn head_of(raw: u64, chars: u64) -> u64 {
+    if chars < 8 {
+        raw & ((1u64 << (8 * chars)) - 1)
+    } else {
+        raw
+    }
+}
+
+#[inline(always)]
+fn head_bit(heads: &PathHeads, head: u64, len: u32) -> bool {
+    let bit = head_hash(head, len);
+    let word = heads
+        .bits
+        .get((bit >> 6) as usize & (heads.bits.len() - 1))
+        .copied()
+        .unwrap_or(u64::MAX);
+    word & (1u64 << (bit & 63)) != 0
+}
+
+/// The prefilter: false only when no `FILTER_PATHS` entry can match an absolute path with
+/// this head (then the trie walk is skipped). No valid bitmap means "ask the trie".
+#[inline(always)]
+pub(crate) fn head_may_hit(head: u64) -> bool {
+    let Some(heads) = FILTER_HEADS.get(0) else {
+        return true;
+    };
+    if heads.flags & HEADS_VALID == 0 || head_bit(heads, head, 8) {
+        return true;
+    }
+    let lens = heads.short_lens;
+    let mut len = 1u32;
+    while len < 8 {
+        if lens & (1 << len) != 0 && head_bit(heads, head & ((1u64 << (8 * len)) - 1), len) {
+            return true;
+        }
+        len += 1;
+    }
+    false
+}
+
 /// Whether the path gate lets `path` through for `kind`. Relative, empty and unreadable paths
 /// always do: the kernel cannot know what userspace will make of them.
 #[inline(always)]
@@ -148,9 +195,24 @@ pub(crate) fn path_hit(kind: u32, path: ScratchPath) -> bool {
     }
     // SAFETY: `key` is this CPU's scratch slot, filled by `read_path`.
     unsafe {
-        if *(&raw const (*path.key).data).cast::<u8>() != b'/' {
+        let data = (&raw const (*path.key).data).cast::<u8>();
+        if *data != b'/' {
             return true;
         }
+        // Bytes past the NUL are stale: `head_of` clears them.
+        let raw = core::ptr::read_unaligned(data.cast::<u64>());
+        if !head_may_hit(head_of(raw, (path.n - 1) as u64)) {
+            return false;
+        }
+    }
+    trie_hit(kind, path)
+}
+
+/// The trie lookup of an absolute path in scratch.
+#[inline(always)]
+fn trie_hit(kind: u32, path: ScratchPath) -> bool {
+    // SAFETY: `key` is this CPU's scratch slot, filled by `read_path`.
+    unsafe {
         // Compare the string and its NUL: exact entries end with the NUL, prefix entries do
         // not, and bytes past the NUL are stale.
         (*path.key).prefix_len = (path.n as u32 & 0x1ff) * 8;

@@ -6,6 +6,10 @@
 //! through [`read_kernel_at`], which refuses an unresolved offset.
 #![no_std]
 #![no_main]
+// The bpf target has no CAS, so core's atomics lack fetch_add: file.rs adds to a shared
+// counter with the intrinsic (BPF atomic add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![expect(
     unsafe_code,
     reason = "kernel programs call BPF helpers and write ring-buffer memory through raw pointers"

@@ -10,6 +10,11 @@
 //! predicate holds, so its gate passes the event. exe and uid predicates are not checked in the
 //! kernel. Lifecycle kinds (exec, fork, exit) always pass: the process cache needs them.
 //! [`FilterPlan::admits`] is the reference model of the kernel programs' decision, for tests.
+//!
+//! Paths: the LPM trie (`FILTER_PATHS`) decides; before it the programs check a bitmap of the
+//! entries' 8-byte heads (`FILTER_HEADS`, [`FilterPlan::heads`]), which rejects most paths no
+//! entry can match without the trie walk. The heads are derived from the trie entries and only
+//! ever say "maybe", so they narrow nothing the trie would pass.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -81,6 +86,20 @@ pub struct KernelView<'a> {
     pub paths: Vec<&'a str>,
     /// `Some(port)` for an inet address; `None` for other families.
     pub port: Option<u16>,
+}
+
+/// Words in the `FILTER_HEADS` value as the host writes it: `PathHeads` as u64s (word 0 =
+/// `flags | short_lens << 32`, then the bitmap), so no `unsafe impl Pod` is needed.
+pub const HEADS_WORDS: usize = 1 + (abi::HEAD_BITS / 64) as usize;
+const _: () = assert!(HEADS_WORDS * 8 == std::mem::size_of::<abi::PathHeads>());
+
+/// The head of an absolute path's bytes (without its NUL) as the kernel computes it: the first
+/// 8 bytes, little-endian, bytes from the NUL on cleared.
+fn head_of(path: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = path.len().min(8);
+    b[..n].copy_from_slice(&path[..n]);
+    u64::from_le_bytes(b)
 }
 
 /// The filter maps' contents.
@@ -309,12 +328,77 @@ impl FilterPlan {
         }
         let mut data = path.as_bytes().to_vec();
         data.truncate(abi::PATH_LEN - 1);
+        if !FilterPlan::head_may_hit(&self.heads(), &data) {
+            return false;
+        }
         data.push(0);
         // Longest entry that is a prefix of the path bytes (with the NUL).
         (1..=data.len())
             .rev()
             .find_map(|len| data.get(..len).and_then(|p| self.paths.get(p)))
             .is_some_and(|m| m & bit != 0)
+    }
+
+    /// The `FILTER_HEADS` value for [`FilterPlan::paths`] (see `palisade_common::PathHeads`).
+    pub fn heads(&self) -> abi::PathHeads {
+        let mut heads = abi::PathHeads {
+            flags: abi::HEADS_VALID,
+            short_lens: 0,
+            bits: [0; (abi::HEAD_BITS / 64) as usize],
+        };
+        let mut set = |head: u64, len: u32| {
+            let bit = abi::head_hash(head, len) as usize;
+            if let Some(word) = heads.bits.get_mut(bit / 64) {
+                *word |= 1 << (bit % 64);
+            }
+        };
+        let mut short_lens = 0u32;
+        for entry in self.paths.keys() {
+            let exact = entry.last() == Some(&0);
+            if entry.len() >= 8 || exact {
+                // An exact entry's bytes up to its NUL are the whole path: its head.
+                let bytes = if exact {
+                    &entry[..entry.len() - 1]
+                } else {
+                    &entry[..]
+                };
+                set(head_of(bytes), 8);
+            } else if !entry.is_empty() {
+                let len = entry.len() as u32;
+                set(head_of(entry), len);
+                short_lens |= 1 << len;
+            }
+        }
+        heads.short_lens = short_lens;
+        heads
+    }
+
+    /// The `FILTER_HEADS` value as written to the map.
+    pub fn heads_words(&self) -> [u64; HEADS_WORDS] {
+        let heads = self.heads();
+        let mut words = [0u64; HEADS_WORDS];
+        words[0] = u64::from(heads.flags) | u64::from(heads.short_lens) << 32;
+        words[1..].copy_from_slice(&heads.bits);
+        words
+    }
+
+    /// The kernel's prefilter for an absolute path (bytes without the NUL): false only when
+    /// no entry can match it.
+    pub fn head_may_hit(heads: &abi::PathHeads, path: &[u8]) -> bool {
+        let bit = |head: u64, len: u32| {
+            let b = abi::head_hash(head, len) as usize;
+            heads
+                .bits
+                .get(b / 64)
+                .is_some_and(|w| w & (1 << (b % 64)) != 0)
+        };
+        let head = head_of(path);
+        if heads.flags & abi::HEADS_VALID == 0 || bit(head, 8) {
+            return true;
+        }
+        (1..8u32).any(|len| {
+            heads.short_lens & (1 << len) != 0 && bit(head & ((1u64 << (8 * len)) - 1), len)
+        })
     }
 
     /// Kinds that pass everything, are gated, or are dropped (for logs).
@@ -339,6 +423,8 @@ pub struct FilterMaps {
     pub paths: LpmTrie<MapData, [u8; abi::PATH_LEN], u32>,
     pub comms: BpfHashMap<MapData, [u8; abi::COMM_LEN], u32>,
     pub ports: Array<MapData, u32>,
+    /// `FILTER_HEADS` (one element).
+    pub heads: Array<MapData, [u64; HEADS_WORDS]>,
 }
 
 /// A cloneable handle that rewrites the kernel filter; every update is serialised.
@@ -355,7 +441,8 @@ fn lpm_key(bytes: &[u8]) -> Key<[u8; abi::PATH_LEN]> {
 }
 
 impl KernelFilter {
-    pub(crate) fn new(maps: FilterMaps) -> Self {
+    /// A filter over `maps` (as loaded: everything passes).
+    pub fn new(maps: FilterMaps) -> Self {
         KernelFilter {
             inner: Arc::new(Mutex::new((maps, FilterPlan::pass_all()))),
         }
@@ -400,6 +487,13 @@ impl KernelFilter {
         }
         for bytes in old.paths.keys().filter(|b| !plan.paths.contains_key(*b)) {
             let _ = maps.paths.remove(&lpm_key(bytes));
+        }
+        if old.paths != plan.paths {
+            // Every gated kind is open at this point, so no program reads the bitmap while
+            // it is rewritten.
+            maps.heads
+                .set(0, plan.heads_words(), 0)
+                .map_err(map_err(abi::MAP_FILTER_HEADS))?;
         }
         for (comm, mask) in &plan.comms {
             if old.comms.get(comm) != Some(mask) {
@@ -641,6 +735,145 @@ mod tests {
         }
         // And it does narrow: an unsubscribed path by an unsubscribed comm is dropped.
         assert!(!plan.admits(EventKind::FileOpen, &view("sh", &["/tmp/a"], None)));
+    }
+
+    fn open_sub(paths: &[&str], prefixes: &[&str]) -> Subscription {
+        Subscription {
+            kinds: kinds(&[EventKind::FileOpen]),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            path_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            ..Subscription::default()
+        }
+    }
+
+    fn bit_set(heads: &abi::PathHeads, head: &[u8], len: u32) -> bool {
+        let b = abi::head_hash(head_of(head), len) as usize;
+        heads.bits[b / 64] & (1 << (b % 64)) != 0
+    }
+
+    /// Mixed exact and prefix entries, long and shorter than a head: which bits and lengths
+    /// the heads map holds, and what it lets through.
+    #[test]
+    fn heads_of_mixed_exact_and_prefix_entries() {
+        let plan = FilterPlan::from_subscriptions(&[
+            open_sub(
+                &["/etc/shadow", "/a", "rel/x"],
+                &["/etc/sudoers.d/", "/tmp/"],
+            ),
+            Subscription {
+                kinds: kinds(&[EventKind::FileUnlink]),
+                paths: vec!["/etc/passwd".into()],
+                ..Subscription::default()
+            },
+        ]);
+        let entries: Vec<&[u8]> = plan.paths.keys().map(Vec::as_slice).collect();
+        assert_eq!(
+            entries,
+            [
+                &b"/a\0"[..],
+                b"/etc/passwd\0",
+                b"/etc/shadow\0",
+                b"/etc/sudoers.d/",
+                b"/tmp/"
+            ]
+        );
+        let heads = plan.heads();
+        assert_eq!(heads.flags, abi::HEADS_VALID);
+        // Only the 5-byte prefix is shorter than a head; exact "/a" is a whole (padded) head.
+        assert_eq!(heads.short_lens, 1 << 5);
+        for (head, len) in [
+            (&b"/a"[..], 8),
+            (b"/etc/pas", 8),
+            (b"/etc/sha", 8),
+            (b"/etc/sud", 8),
+            (b"/tmp/", 5),
+        ] {
+            assert!(bit_set(&heads, head, len), "{head:?}/{len}");
+        }
+        assert_eq!(
+            heads.bits.iter().map(|w| w.count_ones()).sum::<u32>(),
+            5,
+            "one bit per entry (no collision among these)"
+        );
+        let words = plan.heads_words();
+        assert_eq!(words[0], u64::from(abi::HEADS_VALID) | (1 << 5) << 32);
+        assert_eq!(&words[1..], &heads.bits[..]);
+
+        let may = |p: &str| FilterPlan::head_may_hit(&heads, p.as_bytes());
+        for p in [
+            "/etc/shadow",
+            "/etc/shadowx",
+            "/etc/sudoers.d/x",
+            "/tmp/",
+            "/tmp/x/y",
+            "/a",
+            "/etc/passwd",
+        ] {
+            assert!(may(p), "{p}");
+        }
+        // Different heads: rejected before the trie.
+        for p in [
+            "/usr/lib/libc.so.6",
+            "/ab",
+            "/a/b",
+            "/tmp",
+            "/var/tmp/x",
+            "/proc/self/stat",
+        ] {
+            assert!(!may(p), "{p}");
+        }
+        // Same head as an entry but no match: the trie rejects.
+        let open = |p: &str| plan.admits(EventKind::FileOpen, &view("x", &[p], None));
+        assert!(may("/etc/shadoq"));
+        assert!(!open("/etc/shadoq"));
+        assert!(open("/etc/shadow") && open("/tmp/q") && open("/a") && open("rel/y"));
+        assert!(!open("/ab") && !open("/usr/lib/libc.so.6"));
+        // A map nobody wrote (flags clear) sends everything to the trie.
+        let fresh = abi::PathHeads {
+            flags: 0,
+            short_lens: 0,
+            bits: [0; (abi::HEAD_BITS / 64) as usize],
+        };
+        assert!(FilterPlan::head_may_hit(&fresh, b"/usr/lib/x"));
+    }
+
+    /// The prefilter never rejects what the trie matches: every prefix and extension of every
+    /// entry, for entry sets with short and long, exact and prefix entries.
+    #[test]
+    fn heads_never_reject_a_trie_match() {
+        let sets: [(&[&str], &[&str]); 4] = [
+            (&["/etc/shadow", "/x", "/etc/a"], &["/", "/ro"]),
+            (
+                &["/etc/ssh/sshd_config", "/abcdefg", "/abcdef"],
+                &["/abcdefgh", "/ab"],
+            ),
+            (&[], &["/home/", "/h", "/home/u/.ssh/"]),
+            (&["/1234567", "/123456"], &["/12345678/"]),
+        ];
+        for (paths, prefixes) in sets {
+            let plan = FilterPlan::from_subscriptions(&[open_sub(paths, prefixes)]);
+            let heads = plan.heads();
+            let mut candidates: Vec<String> = Vec::new();
+            for e in paths.iter().chain(prefixes.iter()) {
+                for cut in 1..=e.len() {
+                    candidates.push(e[..cut].to_string());
+                }
+                for tail in ["", "x", "/", "/deeper/file", "0123456789"] {
+                    candidates.push(format!("{e}{tail}"));
+                }
+            }
+            for c in &candidates {
+                let mut data = c.as_bytes().to_vec();
+                data.push(0);
+                let trie = (1..=data.len()).any(|len| plan.paths.contains_key(&data[..len]));
+                if trie {
+                    assert!(
+                        FilterPlan::head_may_hit(&heads, c.as_bytes()),
+                        "{c} matches an entry but the heads reject it ({paths:?} {prefixes:?})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -343,6 +343,7 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
         paths: take(&mut ebpf, abi::MAP_FILTER_PATHS, LpmTrie::try_from)?,
         comms: take(&mut ebpf, abi::MAP_FILTER_COMMS, HashMap::try_from)?,
         ports: take(&mut ebpf, abi::MAP_FILTER_PORTS, Array::try_from)?,
+        heads: take(&mut ebpf, abi::MAP_FILTER_HEADS, Array::try_from)?,
     };
     Ok(Loaded {
         probes: ProbeSet {
