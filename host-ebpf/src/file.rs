@@ -6,9 +6,9 @@
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::generated as h,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use palisade_common::{
@@ -288,7 +288,7 @@ fn open_enter(path: u64, flags: u64, mode: u64, dirfd: u64) {
 /// is read from user memory now; the caller's buffer is still live (the syscall has not
 /// returned to user space yet).
 #[inline(always)]
-fn open_exit(ctx: &TracePointContext) {
+fn open_exit(ret: i64) {
     // Nothing stashed anywhere (the common case when the filter rejects at entry): skip the
     // helper call and the hash lookup (measured ~15-20 ns of the exit program).
     if pending() == 0 {
@@ -305,7 +305,6 @@ fn open_exit(ctx: &TracePointContext) {
     if OPEN_STASH.remove(&tid).is_ok() {
         pending_add(-1);
     }
-    let ret = exit_ret(ctx);
     put_path(
         KIND_FILE_OPEN,
         pid_tgid,
@@ -318,25 +317,61 @@ fn open_exit(ctx: &TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx);
+    open_exit(exit_ret(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx);
+    open_exit(exit_ret(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_creat")]
 pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx);
+    open_exit(exit_ret(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    open_exit(&ctx);
+    open_exit(exit_ret(&ctx));
+    0
+}
+
+/// x86_64 `openat` syscall number.
+const NR_OPENAT: u64 = 257;
+
+/// Prototype, measured only (host/tests/kernel_filter.rs `bench_raw_tracepoint_open`): the
+/// open entry hook as a raw `sys_enter` tracepoint, which runs for every syscall of every task
+/// and picks `openat` by number. Not in the loader's probe table: the product never attaches
+/// it. Arguments come from the x86_64 `struct pt_regs` (uapi layout: di 112, si 104, dx 96,
+/// r10 56), one kernel read each.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter_open(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    if id != NR_OPENAT {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let reg = |off: u64| -> u64 {
+        // SAFETY: a bounded kernel read of the syscall's saved registers (0 on failure).
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
+    };
+    open_enter(reg(104), reg(96), reg(56), reg(112));
+    0
+}
+
+/// Prototype exit half of [`raw_sys_enter_open`]: every syscall exit of every task stops at
+/// the stash counter unless some open is stashed; a stashed entry of this thread can only be
+/// its current syscall's (a thread makes one syscall at a time).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit_open(ctx: RawTracePointContext) -> i32 {
+    if pending() == 0 {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    open_exit(ret);
     0
 }
 

@@ -787,3 +787,256 @@ fn kernel_path_heads_follow_the_plan() {
     let _ = std::fs::remove_file(short);
     let _ = std::fs::remove_file(short_other);
 }
+
+/// Prototype measurement, not the product (issue 3 asks what a fanotify mark on the exact
+/// subscribed paths would cost instead of the open tracepoints): the open loop with no daemon
+/// versus with one fanotify group holding FAN_OPEN inode marks on sensitive-files' exact paths
+/// that exist, its events drained by a thread. `cargo test --release -p palisade-host --test
+/// kernel_filter -- --ignored --exact bench_fanotify_exact_marks --nocapture` as root.
+#[test]
+#[ignore = "benchmark; run explicitly as root"]
+fn bench_fanotify_exact_marks() {
+    if skip("bench_fanotify_exact_marks") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const SECS: u64 = 3;
+    let outside = file(&format!("{ROOT}/other"), "bench");
+    #[expect(unsafe_code, reason = "fanotify(7) through libc")]
+    let marked = || -> (std::os::fd::OwnedFd, usize) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscalls; the fd is owned right away.
+        let fd = unsafe {
+            let raw = libc::fanotify_init(
+                libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
+            );
+            assert!(
+                raw >= 0,
+                "fanotify_init: {}",
+                std::io::Error::last_os_error()
+            );
+            std::os::fd::OwnedFd::from_raw_fd(raw)
+        };
+        let mut marks = 0;
+        for path in [
+            "/etc/shadow",
+            "/etc/shadow-",
+            "/etc/gshadow",
+            "/etc/gshadow-",
+            "/etc/security/opasswd",
+            "/etc/sudoers",
+            "/etc/passwd",
+            "/etc/group",
+        ] {
+            let c = std::ffi::CString::new(path).unwrap();
+            // SAFETY: valid fd and NUL-terminated path.
+            let r = unsafe {
+                libc::fanotify_mark(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::FAN_MARK_ADD,
+                    libc::FAN_OPEN,
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                )
+            };
+            if r == 0 {
+                marks += 1;
+            }
+        }
+        (fd, marks)
+    };
+    let mut base = (Vec::new(), Vec::new());
+    let mut fan = (Vec::new(), Vec::new());
+    let mut seen = 0usize;
+    let mut marks = 0;
+    for _ in 0..3 {
+        let (w, c) = open_loop(&outside, SECS);
+        base.0.push(w);
+        base.1.push(c);
+        let (fd, n) = marked();
+        marks = n;
+        // Sanity: a marked file's open is reported.
+        std::fs::read("/etc/passwd").unwrap();
+        let (w, c) = open_loop(&outside, SECS);
+        fan.0.push(w);
+        fan.1.push(c);
+        let mut buf = [0u8; 4096];
+        loop {
+            #[expect(unsafe_code, reason = "read(2) of fanotify events into our buffer")]
+            // SAFETY: reads at most buf.len() bytes into buf.
+            let n = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off + std::mem::size_of::<libc::fanotify_event_metadata>() <= n as usize {
+                #[expect(unsafe_code, reason = "fanotify metadata from the kernel")]
+                // SAFETY: in bounds; read_unaligned copes with any alignment.
+                let meta: libc::fanotify_event_metadata =
+                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+                if meta.fd >= 0 {
+                    #[expect(unsafe_code, reason = "closing the event's fd")]
+                    // SAFETY: the event fd is ours to close.
+                    unsafe {
+                        libc::close(meta.fd)
+                    };
+                }
+                seen += 1;
+                off += meta.event_len as usize;
+                if meta.event_len == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (bw, bc, fw, fc) = (median(base.0), median(base.1), median(fan.0), median(fan.1));
+    assert!(
+        seen >= 3,
+        "fanotify reported {seen} opens of the marked files"
+    );
+    note(&format!(
+        "load average {}\n\n| variant | opens/s | ratio | opens per loop CPU-s | ratio |\n|---|---:|---:|---:|---:|\n\
+         | no daemon (baseline) | {bw:.0} | 1.00x | {bc:.0} | 1.00x |\n\
+         | fanotify FAN_OPEN inode marks on {marks} exact paths | {fw:.0} | {:.2}x | {fc:.0} | {:.2}x |\n",
+        loadavg(),
+        fw / bw,
+        fc / bc
+    ));
+}
+
+/// The kernel object, as the daemon embeds it (for the raw-tracepoint prototype).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-ebpf"));
+
+/// The raw-tracepoint prototype attached on its own (raw `sys_enter`/`sys_exit`, filter maps
+/// written with `plan`, opens reported at exit): returns what keeps it attached.
+fn raw_tracepoint_source(plan: &FilterPlan) -> (aya::Ebpf, palisade::ebpf::KernelFilter) {
+    use aya::maps::{Array, HashMap, LpmTrie};
+    let mut ebpf = aya::EbpfLoader::new().load(EBPF_OBJECT).unwrap();
+    for (program, tracepoint) in [
+        ("raw_sys_exit_open", "sys_exit"),
+        ("raw_sys_enter_open", "sys_enter"),
+    ] {
+        let p: &mut aya::programs::RawTracePoint =
+            ebpf.program_mut(program).unwrap().try_into().unwrap();
+        p.load().unwrap();
+        p.attach(tracepoint).unwrap();
+    }
+    let mut config: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(palisade_common::MAP_CONFIG).unwrap()).unwrap();
+    config
+        .set(palisade_common::CONFIG_OPEN_AT_EXIT, 1, 0)
+        .unwrap();
+    let mut take = |name: &str| ebpf.take_map(name).unwrap();
+    let maps = palisade::ebpf::filter::FilterMaps {
+        words: Array::try_from(take(palisade_common::MAP_FILTER)).unwrap(),
+        paths: LpmTrie::try_from(take(palisade_common::MAP_FILTER_PATHS)).unwrap(),
+        comms: HashMap::try_from(take(palisade_common::MAP_FILTER_COMMS)).unwrap(),
+        ports: Array::try_from(take(palisade_common::MAP_FILTER_PORTS)).unwrap(),
+        heads: Array::try_from(take(palisade_common::MAP_FILTER_HEADS)).unwrap(),
+    };
+    let filter = palisade::ebpf::KernelFilter::new(maps);
+    filter.apply(plan).unwrap();
+    (ebpf, filter)
+}
+
+/// Prototype measurement (issue 3: raw tracepoints versus the per-syscall ones): the open
+/// loop with sensitive-files' exact-path subscription rejected in the kernel, hooked by the
+/// product's `sys_enter/exit_openat` tracepoints or by the raw `sys_enter`/`sys_exit` ones
+/// (which run for every syscall, the loop's close included). `cargo test --release -p
+/// palisade-host --test kernel_filter -- --ignored --exact bench_raw_tracepoint_open
+/// --nocapture` as root.
+#[test]
+#[ignore = "benchmark; run explicitly as root"]
+fn bench_raw_tracepoint_open() {
+    if skip("bench_raw_tracepoint_open") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const SECS: u64 = 3;
+    let rounds: usize = std::env::var("PALISADE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let outside = file(&format!("{ROOT}/other"), "bench");
+    let plan = sensitive_files_plan();
+    let names = [
+        "no daemon (baseline)",
+        "exact paths rejected, sys_enter/exit_openat tracepoints (product)",
+        "exact paths rejected, raw sys_enter/sys_exit tracepoints (prototype)",
+    ];
+    let load_before = loadavg();
+    let mut wall = vec![Vec::new(); names.len()];
+    let mut cpu = vec![Vec::new(); names.len()];
+    for _ in 0..rounds {
+        for i in 0..names.len() {
+            let product =
+                (i == 1).then(|| Running::start(false, Some(&plan), EbpfConfig::default()));
+            let raw = (i == 2).then(|| raw_tracepoint_source(&plan));
+            let (w, c) = open_loop(&outside, SECS);
+            drop((product, raw));
+            wall[i].push(w);
+            cpu[i].push(c);
+        }
+    }
+    // ns/run of the raw programs (they run for every syscall on the machine).
+    let (ebpf, _filter) = raw_tracepoint_source(&plan);
+    let stats = |ebpf: &aya::Ebpf| -> Vec<(u64, u64)> {
+        ["raw_sys_enter_open", "raw_sys_exit_open"]
+            .iter()
+            .map(|n| {
+                let p: &aya::programs::RawTracePoint = ebpf.program(n).unwrap().try_into().unwrap();
+                let info = p.info().unwrap();
+                (info.run_count(), info.run_time().as_nanos() as u64)
+            })
+            .collect()
+    };
+    let raw_costs = {
+        let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+        let before = stats(&ebpf);
+        let (w, _) = open_loop(&outside, 1);
+        let after = stats(&ebpf);
+        let per = |i: usize| {
+            let runs = after[i].0 - before[i].0;
+            (
+                runs as f64 / w,
+                (after[i].1 - before[i].1) as f64 / runs.max(1) as f64,
+            )
+        };
+        let ((er, ens), (xr, xns)) = (per(0), per(1));
+        format!(
+            "raw_sys_enter_open {ens:.0} ({er:.1} runs per open), raw_sys_exit_open {xns:.0} ({xr:.1} runs per open)"
+        )
+    };
+    drop(ebpf);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (bw, bc) = (median(&mut wall[0].clone()), median(&mut cpu[0].clone()));
+    let mut table = String::from(
+        "| variant | opens/s | ratio | opens per loop CPU-s | ratio |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (i, name) in names.iter().enumerate() {
+        let (w, c) = (median(&mut wall[i]), median(&mut cpu[i]));
+        table.push_str(&format!(
+            "| {name} | {w:.0} | {:.2}x | {c:.0} | {:.2}x |\n",
+            w / bw,
+            c / bc
+        ));
+    }
+    note(&format!(
+        "load average {load_before} before, {} after\n\n{table}\nraw programs, ns/run: {raw_costs}",
+        loadavg()
+    ));
+}
