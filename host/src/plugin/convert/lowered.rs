@@ -179,9 +179,9 @@ thread_local! {
 }
 
 /// At most this many spare buffers per thread, each at most this large (a rare huge batch's
-/// buffers are freed, not kept).
+/// buffers are freed, not kept): at most 4 MiB held per worker thread, typically ~100 KiB.
 const SPARE_BUFFERS: usize = 16;
-const SPARE_MAX_BYTES: usize = 1 << 20;
+const SPARE_MAX_BYTES: usize = 256 << 10;
 
 /// An empty buffer with room for `capacity` bytes, reusing a spare one when there is one.
 pub(super) fn spare_buffer(capacity: usize) -> Vec<u8> {
@@ -745,6 +745,21 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn spare_buffers_come_back_empty_and_huge_ones_are_not_kept() {
+        // Test threads are fresh: the pool starts empty.
+        give_back(vec![7u8; 100]);
+        give_back(Vec::with_capacity(SPARE_MAX_BYTES + 1));
+        let reused = spare_buffer(10);
+        assert!(reused.is_empty() && reused.capacity() >= 100);
+        // The huge one was dropped, so the pool is empty again.
+        assert_eq!(SPARE.with(|s| s.borrow().len()), 0);
+        for _ in 0..SPARE_BUFFERS + 5 {
+            give_back(vec![0u8; 8]);
+        }
+        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_BUFFERS);
     }
 
     #[test]
