@@ -13,7 +13,7 @@ use wasmtime::Store;
 
 use super::bindings::{detector, responder, types as wit};
 use super::convert::LoweredBatch;
-use super::engine::PluginEngine;
+use super::engine::{PluginEngine, TickerGate};
 use super::host_impl::{HostState, PluginContext};
 use super::manifest::PluginConfig;
 use super::subscription::{AlertFilter, Interest};
@@ -220,6 +220,8 @@ impl Drop for Instance {
 pub struct Instance {
     store: Store<HostState>,
     bindings: Bindings,
+    /// Held around every guest call so the epoch ticker runs while guest code does.
+    gate: Arc<TickerGate>,
     pub generation: u64,
     pub last_used: Instant,
 }
@@ -247,6 +249,8 @@ impl Instance {
         store.limiter(|s| &mut s.limits);
         // A new Store's deadline is 0, which would trap at once: arm it before instantiating.
         store.set_epoch_deadline(PluginEngine::ticks(limits.init_deadline));
+        let gate = engine.ticker_gate();
+        let running = gate.enter();
         let instantiate_err = |err: wasmtime::Error| {
             let mut e = CallError::from_wasmtime(&err);
             if e.cause == FailureCause::Trap {
@@ -279,10 +283,12 @@ impl Instance {
                 Bindings::Responder(pre.instantiate(&mut store).map_err(instantiate_err)?)
             }
         };
+        drop(running);
         ctx.metrics.plugin_instances_add(&ctx.name, 1);
         Ok(Self {
             store,
             bindings,
+            gate,
             generation: 0,
             last_used: Instant::now(),
         })
@@ -290,6 +296,7 @@ impl Instance {
 
     pub fn describe(&mut self, deadline: Duration) -> Result<wit::PluginInfo, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        let _running = self.gate.enter();
         let result = match &self.bindings {
             Bindings::Detector { bindings: b, .. } => b.call_describe(&mut self.store),
             Bindings::Responder(b) => b.call_describe(&mut self.store),
@@ -300,6 +307,7 @@ impl Instance {
     pub fn init(&mut self, config: &PluginConfig, deadline: Duration) -> Result<(), CallError> {
         let config = super::convert::wit_config(config);
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        let _running = self.gate.enter();
         let result = match &self.bindings {
             Bindings::Detector { bindings: b, .. } => b.call_init(&mut self.store, &config),
             Bindings::Responder(b) => b.call_init(&mut self.store, &config),
@@ -335,6 +343,7 @@ impl Instance {
         self.last_used = Instant::now();
         self.store.data_mut().event_now_ns = event_now_ns;
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        let _running = self.gate.enter();
         func.call(&mut self.store, (batch,))
             .map(|(alerts,)| alerts)
             .map_err(|e| CallError::from_wasmtime(&e))
@@ -354,6 +363,7 @@ impl Instance {
         self.last_used = Instant::now();
         self.store.data_mut().event_now_ns = event_now_ns;
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        let _running = self.gate.enter();
         bindings
             .call_on_events(&mut self.store, batch)
             .map_err(|e| CallError::from_wasmtime(&e))
@@ -372,6 +382,7 @@ impl Instance {
         self.last_used = Instant::now();
         self.store.data_mut().event_now_ns = event_now_ns;
         self.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        let _running = self.gate.enter();
         b.call_on_alerts(&mut self.store, alerts)
             .map_err(|e| CallError::from_wasmtime(&e))
     }
