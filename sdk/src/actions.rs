@@ -58,7 +58,9 @@ pub fn kill_process(
     imp::kill_process(target, signal, alert_id)
 }
 
-/// Kills any future exec of the matching binary before it runs user code.
+/// Stops any future exec of the matching binary before it runs user code, whatever name runs
+/// it (path rules match the file's identity and its path; sha256 rules also refuse copies made
+/// later, with EPERM).
 pub fn block_exec(target: &ExecMatch, alert_id: &str) -> Result<Receipt, ActionError> {
     imp::block_exec(target, alert_id)
 }
