@@ -232,6 +232,11 @@ impl Drop for Unmount {
     }
 }
 
+/// Runs `script` with `sh -c`.
+fn sh(script: &str) -> ExitStatus {
+    Command::new("sh").arg("-c").arg(script).status().unwrap()
+}
+
 /// The ways a test runs `bin`, each with its own marker under `dir`, so a side effect is
 /// attributed to the form that caused it: (form, status, marker).
 fn run_every_way(bin: &Path, dir: &Path, round: &str) -> Vec<(&'static str, ExitStatus, PathBuf)> {
@@ -248,30 +253,22 @@ fn run_every_way(bin: &Path, dir: &Path, round: &str) -> Vec<(&'static str, Exit
     let (marker, status) = (m("absolute"), run(bin, &m("absolute")));
     out.push(("absolute", status, marker));
     let marker = m("relative");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && exec ./{name} {}",
-            bin_dir.display(),
-            marker.display()
-        ))
-        .status()
-        .unwrap();
+    let status = sh(&format!(
+        "cd {} && exec ./{name} {}",
+        bin_dir.display(),
+        marker.display()
+    ));
     out.push(("relative", status, marker));
     let marker = m("symlink");
     out.push(("symlink", run_via_shell(&symlink, &marker), marker));
     let marker = m("hardlink");
     out.push(("hardlink", run_via_shell(&hardlink, &marker), marker));
     let marker = m("proc-fd");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "exec 3< {} && exec /proc/self/fd/3 {}",
-            bin.display(),
-            marker.display()
-        ))
-        .status()
-        .unwrap();
+    let status = sh(&format!(
+        "exec 3< {} && exec /proc/self/fd/3 {}",
+        bin.display(),
+        marker.display()
+    ));
     out.push(("proc-fd", status, marker));
     let marker = m("execveat");
     out.push(("execveat", run_execveat(bin, &marker), marker));
