@@ -359,6 +359,10 @@ impl Running {
             assert!(change.failed.is_empty(), "{:?}", change.failed);
             source.filter().apply(plan).unwrap();
         }
+        // Programs the follower detached are released on a background thread (each waits
+        // for kernel grace periods): wait, so the measurement sees the final attachment.
+        let failed = probes.lock().unwrap().settle();
+        assert!(failed.is_empty(), "{failed:?}");
         let sink = pipeline.sink();
         let stop = StopFlag::default();
         let reader = {
