@@ -433,8 +433,19 @@ fn bench_filtered_open_overhead() {
     let inside = file(WATCHED, "bench");
     let dropped = FilterPlan::from_subscriptions([]);
     let exact = sensitive_files_plan();
+    // Entry reporting (no open result): the exit tracepoints are not attached at all.
+    let entry_only = EbpfConfig {
+        open_results: false,
+        skip_probes: &[
+            "sys_exit_openat",
+            "sys_exit_open",
+            "sys_exit_creat",
+            "sys_exit_openat2",
+        ],
+        ..EbpfConfig::default()
+    };
     // (name, path-watch loaded, filter plan forced with the open programs attached, path)
-    let variants: [(&str, bool, Option<&FilterPlan>, &str); 6] = [
+    let variants: [(&str, bool, Option<&FilterPlan>, &str); 7] = [
         ("no daemon (baseline)", false, None, ""),
         (
             "open unsubscribed: programs detached (the daemon's behaviour)",
@@ -455,6 +466,12 @@ fn bench_filtered_open_overhead() {
             &outside,
         ),
         (
+            "open subscribed to exact paths elsewhere, rejected; opens reported at entry (no exit tracepoint, no result)",
+            false,
+            Some(&exact),
+            &outside,
+        ),
+        (
             "open subscribed to a prefix sharing the loop's head (path-watch), rejected by the trie",
             true,
             None,
@@ -466,9 +483,13 @@ fn bench_filtered_open_overhead() {
     let mut wall: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
-        for (i, (_, plugin, plan, path)) in variants.iter().enumerate() {
-            let running =
-                (!path.is_empty()).then(|| Running::start(*plugin, *plan, EbpfConfig::default()));
+        for (i, (name, plugin, plan, path)) in variants.iter().enumerate() {
+            let config = if name.contains("no exit tracepoint") {
+                entry_only
+            } else {
+                EbpfConfig::default()
+            };
+            let running = (!path.is_empty()).then(|| Running::start(*plugin, *plan, config));
             let path = if path.is_empty() { &outside } else { *path };
             let (w, c) = open_loop(path, SECS);
             drop(running);
@@ -479,12 +500,17 @@ fn bench_filtered_open_overhead() {
     let load_after = loadavg();
     // ns per run of the open programs, per variant.
     let mut costs: Vec<String> = Vec::new();
-    for (_, plugin, plan, path) in &variants {
+    for (name, plugin, plan, path) in &variants {
         if path.is_empty() {
             costs.push("-".into());
             continue;
         }
-        let running = Running::start(*plugin, *plan, EbpfConfig::default());
+        let config = if name.contains("no exit tracepoint") {
+            entry_only
+        } else {
+            EbpfConfig::default()
+        };
+        let running = Running::start(*plugin, *plan, config);
         let (rows, _) = program_costs(&running, path, 1);
         costs.push(if rows.is_empty() {
             "not attached".into()
