@@ -47,9 +47,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,7 +61,6 @@ use aya::Pod;
 use aya::{Ebpf, EbpfLoader};
 use palisade_common::enforce as abi;
 use palisade_common::kernel::{self as kabi, KernelOffsets};
-use sha2::{Digest, Sha256};
 
 use super::fanotify::{DenySettings, ExecCheck, OpenDenier};
 
@@ -289,10 +288,6 @@ impl Enforcer {
         &self.settings
     }
 
-    fn block_map_pin(&self) -> PathBuf {
-        self.settings.pin_dir.join(abi::MAP_BLOCK_EXEC)
-    }
-
     fn map_pin(&self, name: &str) -> PathBuf {
         self.settings.pin_dir.join(name)
     }
@@ -364,18 +359,7 @@ impl Enforcer {
         if !self.settings.inode_match {
             return kabi::UNKNOWN_OFFSETS;
         }
-        match crate::ebpf::btf::kernel_offsets() {
-            Ok((offsets, missing)) => {
-                if !missing.is_empty() {
-                    tracing::warn!(missing = %missing.join(", "), "block-exec: kernel struct members not in BTF");
-                }
-                offsets
-            }
-            Err(error) => {
-                tracing::error!(%error, "block-exec: kernel BTF unreadable");
-                kabi::UNKNOWN_OFFSETS
-            }
-        }
+        crate::ebpf::btf::running_kernel_offsets()
     }
 
     /// Whether execs are matched by file identity; `None` until the object is loaded here.
@@ -425,7 +409,7 @@ impl Enforcer {
                 )
             })?;
             loaded.exec_attached = true;
-            tracing::info!(pin = %self.block_map_pin().display(), "block-exec: exec program attached");
+            tracing::info!(pin = %self.map_pin(abi::MAP_BLOCK_EXEC).display(), "block-exec: exec program attached");
         }
         Ok(guard)
     }
@@ -503,7 +487,7 @@ impl Enforcer {
     /// Removes one holder from each key through the pinned maps (works from any process; a
     /// missing pin or key means there is nothing left to undo).
     pub fn unblock(&self, keys: &BlockKeys) -> Result<(), EnforceError> {
-        let pin = self.block_map_pin();
+        let pin = self.map_pin(abi::MAP_BLOCK_EXEC);
         if !pin.exists() {
             tracing::info!(pin = %pin.display(), "block-exec: no pinned map; nothing to release");
             return Ok(());
@@ -969,19 +953,9 @@ impl HashCheck {
 
     /// sha256 of `file`, remembered under `key`.
     fn hash_file(&self, file: &fs::File, key: HashCacheKey) -> Option<[u8; 32]> {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut off = 0u64;
-        loop {
-            let n = file.read_at(&mut buf, off).ok()?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            off += n as u64;
-        }
+        // The event's descriptor is fresh (offset 0) and closed after the verdict.
+        let h = super::quarantine::sha256_of(file).ok()?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
-        let h: [u8; 32] = hasher.finalize().into();
         let mut cache = lock(&self.cache);
         if cache.len() >= HASH_CACHE_MAX {
             cache.clear();
@@ -1208,17 +1182,8 @@ pub fn files_with_sha256(roots: &[PathBuf], hash: &str) -> Vec<PathBuf> {
 }
 
 fn sha256_file(path: &Path) -> Option<String> {
-    let mut file = fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Some(hex::encode(hasher.finalize()))
+    let file = fs::File::open(path).ok()?;
+    Some(hex::encode(super::quarantine::sha256_of(file).ok()?))
 }
 
 /// The `block-exec` actuator; see the module docs.
@@ -1503,6 +1468,7 @@ pub fn log_kernel_support() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn keys_are_zero_padded_and_bounded() {

@@ -585,20 +585,26 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 pub(crate) fn hash_file(path: &Path) -> io::Result<String> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
+    Ok(hex::encode(sha256_of(file)?))
+}
+
+/// SHA-256 of everything `reader` yields: the one file hasher of the actions (quarantine
+/// records, block-exec rules and its exec check).
+pub(crate) fn sha256_of(mut reader: impl Read) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(buf.get(..n).unwrap_or_default());
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finalize().into())
 }
 
 /// Writes `record` to `path` atomically (temp file, fsync, rename), mode 0600.

@@ -4,10 +4,11 @@
 //! (`palisade_common::kernel`). Only what that needs is parsed: the type section's layout and
 //! struct/union members (anonymous members are searched through, as C field access does).
 //!
-//! Usage: [`kernel_offsets`] once per object load; a member this kernel lacks stays
-//! `OFFSET_UNKNOWN` (logged), and the programs fall back for it.
+//! Usage: [`running_kernel_offsets`] for every object load (parsed once per process, logged
+//! once); a member this kernel lacks stays `OFFSET_UNKNOWN`, and the programs fall back for it.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use palisade_common::kernel::{self as abi, KernelOffsets, OFFSET_UNKNOWN};
 
@@ -273,6 +274,26 @@ impl Btf {
 pub fn kernel_offsets() -> Result<(KernelOffsets, Vec<String>), BtfError> {
     let btf = Btf::from_kernel()?;
     Ok(offsets_from(&btf))
+}
+
+/// The running kernel's offsets, parsed from BTF on first use and shared by every object the
+/// process loads (the event source and the enforcement object): the BTF cannot change while
+/// the kernel runs, and parsing it costs milliseconds. Unresolved members and missing BTF are
+/// logged once; then every affected slot is unknown and the programs take their fallbacks.
+pub fn running_kernel_offsets() -> KernelOffsets {
+    static OFFSETS: OnceLock<KernelOffsets> = OnceLock::new();
+    *OFFSETS.get_or_init(|| match kernel_offsets() {
+        Ok((offsets, missing)) => {
+            if !missing.is_empty() {
+                tracing::warn!(missing = %missing.join("; "), "kernel BTF lacks struct members; the programs that need them fall back (argv/exit code from syscall hooks, block-exec by path only)");
+            }
+            offsets
+        }
+        Err(error) => {
+            tracing::error!(%error, "no usable kernel BTF: lifecycle events use syscall tracepoints and block-exec matches paths only");
+            abi::UNKNOWN_OFFSETS
+        }
+    })
 }
 
 /// Resolves every [`OFFSET_TABLE`] entry against `btf`.

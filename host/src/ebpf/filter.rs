@@ -536,14 +536,6 @@ impl KernelFilter {
         );
         Ok(())
     }
-
-    /// Rewrites the filter for a newly published plugin set; a failure is logged and leaves
-    /// the affected kinds passing everything.
-    pub fn follow(&self, set: &PluginSet) {
-        if let Err(error) = self.apply(&FilterPlan::from_plugin_set(set)) {
-            tracing::error!(%error, "kernel filter update failed; affected kinds pass every event");
-        }
-    }
 }
 
 #[cfg(test)]

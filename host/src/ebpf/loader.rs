@@ -247,7 +247,6 @@ pub struct Loaded {
     pub counters: PerCpuArray<MapData, u64>,
     /// The in-kernel filter maps (all passing at load).
     pub filter: super::filter::FilterMaps,
-    pub attached: Vec<&'static str>,
     pub failed: Vec<(&'static str, String)>,
     pub routes: Routes,
 }
@@ -356,7 +355,6 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
         ring,
         counters,
         filter,
-        attached,
         failed,
         routes,
     })

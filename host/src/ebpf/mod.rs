@@ -250,7 +250,7 @@ impl EbpfSource {
     pub fn load(config: EbpfConfig) -> Result<Self, EbpfError> {
         config.validate()?;
         let offsets = if config.struct_reads {
-            kernel_offsets()
+            btf::running_kernel_offsets()
         } else {
             palisade_common::kernel::UNKNOWN_OFFSETS
         };
@@ -259,7 +259,6 @@ impl EbpfSource {
             ring,
             counters,
             filter,
-            attached: _,
             failed,
             routes,
         } = loader::load(loader::LoadOptions {
@@ -375,23 +374,6 @@ impl EbpfSource {
             hostname,
             settings,
         ));
-    }
-}
-
-/// The struct member offsets of the running kernel (BTF); every slot unknown, and the syscall
-/// routes used, when there is no usable BTF.
-fn kernel_offsets() -> palisade_common::kernel::KernelOffsets {
-    match btf::kernel_offsets() {
-        Ok((offsets, missing)) => {
-            if !missing.is_empty() {
-                tracing::warn!(missing = %missing.join("; "), "kernel BTF lacks struct members; the programs that need them fall back");
-            }
-            offsets
-        }
-        Err(error) => {
-            tracing::warn!(%error, "no kernel BTF; lifecycle events use syscall tracepoints");
-            palisade_common::kernel::UNKNOWN_OFFSETS
-        }
     }
 }
 

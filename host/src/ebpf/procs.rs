@@ -375,11 +375,9 @@ fn same_thread(p: &Process, rec: &Process) -> bool {
         && p.cgroup_id == rec.cgroup_id
 }
 
-/// The cached process as seen by the record's thread: shares the `Arc` when nothing differs.
-fn with_thread(cached: &Arc<Process>, rec: &Process) -> Arc<Process> {
-    if same_thread(cached, rec) {
-        return cached.clone();
-    }
+/// A new record of the cached process as seen by the record's thread (the caller,
+/// `thread_view`, has already checked that the cached one differs).
+fn with_thread(cached: &Process, rec: &Process) -> Arc<Process> {
     // euid is not in the kernel record: keep the cached one unless the real uid changed.
     let euid = if cached.uid == rec.uid {
         cached.euid
@@ -393,7 +391,7 @@ fn with_thread(cached: &Arc<Process>, rec: &Process) -> Arc<Process> {
         euid,
         comm: rec.comm.clone(),
         cgroup_id: rec.cgroup_id,
-        ..(**cached).clone()
+        ..cached.clone()
     })
 }
 
