@@ -366,23 +366,9 @@ impl Registry {
             }
         }
         let set = Arc::new(set);
-        for prepare in self
-            .preparers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            prepare(&set);
-        }
+        call_each(&self.preparers, &set);
         self.current.store(Arc::clone(&set));
-        for listener in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            listener(&set);
-        }
+        call_each(&self.listeners, &set);
     }
 
     fn state_for(&self, name: &str) -> Arc<StateStore> {
@@ -605,4 +591,11 @@ fn first_line(err: &wasmtime::Error) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Calls every listener of `list` with `set`, in registration order.
+fn call_each(list: &Mutex<Vec<PublishListener>>, set: &Arc<PluginSet>) {
+    for listener in list.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        listener(set);
+    }
 }

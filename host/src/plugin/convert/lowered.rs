@@ -238,16 +238,6 @@ impl LoweredBatch {
         }
     }
 
-    /// Number of events.
-    pub fn len(&self) -> usize {
-        self.events.len as usize
-    }
-
-    /// True when the batch has no events.
-    pub fn is_empty(&self) -> bool {
-        self.events.len == 0
-    }
-
     pub(super) fn set_strings(&mut self, strings: Vec<u8>) {
         self.strings = strings;
     }
