@@ -29,6 +29,18 @@ pub const OFF_INODE_INO: usize = 6;
 pub const OFF_INODE_SB: usize = 7;
 /// `super_block.s_dev` (`dev_t`, the kernel's internal encoding: major << 20 | minor).
 pub const OFF_SB_DEV: usize = 8;
+/// The slots the exec'd file's identity read needs, in the order the pointer chain follows
+/// them: `task->mm`, `mm->exe_file`, `file->f_inode`, then `inode->i_ino`, `inode->i_sb` and
+/// `sb->s_dev`. The enforcement program reads through them; the host matches execs by identity
+/// only when every one is known.
+pub const IDENTITY_SLOTS: [usize; 6] = [
+    OFF_TASK_MM,
+    OFF_MM_EXE_FILE,
+    OFF_FILE_INODE,
+    OFF_INODE_INO,
+    OFF_INODE_SB,
+    OFF_SB_DEV,
+];
 /// Slots in [`KernelOffsets`] (room to grow without changing the global's size).
 pub const OFFSET_SLOTS: usize = 16;
 

@@ -3,7 +3,8 @@
 //! plumbing lives here: the maps, load-time globals, self-exclusion, counters, and the batched
 //! wake-up submit. One module per probe family. Kernel structs are read only at the member
 //! offsets the host resolved from BTF (`KERNEL_OFFSETS`; aya-ebpf has no CO-RE relocations),
-//! through [`read_kernel_at`], which refuses an unresolved offset.
+//! through [`read_kernel_at`] (src/lib.rs, shared with the enforcement object), which refuses
+//! an unresolved offset.
 #![no_std]
 #![no_main]
 // The bpf target has no CAS, so core's atomics lack fetch_add: file.rs adds to a shared
@@ -29,10 +30,12 @@ use aya_ebpf::{
     Global,
 };
 use palisade_common::{
-    kernel::{KernelOffsets, OFFSET_UNKNOWN, UNKNOWN_OFFSETS},
     Header, COMM_LEN, COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SLOTS,
     DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES,
 };
+// The offset readers and the `KERNEL_OFFSETS` global they read are shared with the enforcement
+// object (`palisade_ebpf`, src/lib.rs); the modules use them through the crate root.
+pub(crate) use palisade_ebpf::{kernel_offset, read_kernel_at};
 
 /// The event ring; the loader resizes it (`map_max_entries`) before load.
 #[map]
@@ -49,46 +52,6 @@ static DAEMON_TGID: Global<u32> = Global::new(0);
 /// Pending bytes in the ring above which a submit forces a reader wake-up (set at load).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(DEFAULT_WAKEUP_BYTES);
-
-/// Struct member offsets from the running kernel's BTF (`palisade_common::kernel`), set at
-/// load; every slot unknown unless the host resolved it.
-#[unsafe(no_mangle)]
-static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(UNKNOWN_OFFSETS);
-
-/// `KERNEL_OFFSETS[slot]`, or `None` when the host could not resolve it. A read-only global:
-/// the verifier sees the constant and prunes the branch a kernel does not take.
-#[inline(always)]
-pub(crate) fn kernel_offset(slot: usize) -> Option<u64> {
-    if slot >= palisade_common::kernel::OFFSET_SLOTS {
-        return None;
-    }
-    // SAFETY: `Global` is `repr(transparent)` over the array; `slot` is in bounds.
-    let off =
-        unsafe { core::ptr::read_volatile((&raw const KERNEL_OFFSETS).cast::<u32>().add(slot)) };
-    (off != OFFSET_UNKNOWN).then_some(u64::from(off))
-}
-
-/// Reads the `T` at `base + KERNEL_OFFSETS[slot]` in kernel memory: `None` when the offset is
-/// unknown, `base` is null or the read fails.
-#[inline(always)]
-pub(crate) fn read_kernel_at<T: Copy>(base: u64, slot: usize) -> Option<T> {
-    let off = kernel_offset(slot)?;
-    if base == 0 {
-        return None;
-    }
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: the helper writes at most size_of::<T>() bytes into `value` and fails (without
-    // faulting) on a bad kernel address.
-    let rc = unsafe {
-        h::bpf_probe_read_kernel(
-            value.as_mut_ptr().cast(),
-            core::mem::size_of::<T>() as u32,
-            (base + off) as *const _,
-        )
-    };
-    // SAFETY: a successful read filled every byte.
-    (rc == 0).then(|| unsafe { value.assume_init() })
-}
 
 #[inline(always)]
 fn count(index: u32) {

@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod ebpf;
 pub mod event;
 pub mod metrics;
+pub mod mountinfo;
 pub mod output;
 pub mod pack;
 pub mod plugin;

@@ -11,8 +11,9 @@
 //!   drop every packet, except loopback traffic when `NETQ_ALLOW_LOOPBACK` is set at load.
 //!
 //! Kernel structs are read only at the offsets the host resolved from the running kernel's BTF
-//! (`KERNEL_OFFSETS`, `palisade_common::kernel`); with any of them unknown the identity match is
-//! skipped (counted) and only the path match applies.
+//! (`KERNEL_OFFSETS` and its readers, shared with the event object in src/lib.rs;
+//! `palisade_common::kernel`); with any of them unknown the identity match is skipped (counted)
+//! and only the path match applies.
 #![no_std]
 #![no_main]
 #![expect(
@@ -33,10 +34,8 @@ use palisade_common::enforce::{
     BLOCK_COUNTER_KILLED, BLOCK_COUNTER_KILLED_BY_INODE, BLOCK_COUNTER_READ_FAILED,
     BLOCK_COUNTER_SIGNAL_FAILED, BLOCK_COUNTER_SLOTS, BLOCK_MAX_ENTRIES, BLOCK_PATH_LEN,
 };
-use palisade_common::kernel::{
-    KernelOffsets, OFFSET_UNKNOWN, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE,
-    OFF_SB_DEV, OFF_TASK_MM, UNKNOWN_OFFSETS,
-};
+use palisade_common::kernel::IDENTITY_SLOTS;
+use palisade_ebpf::read_kernel_at;
 
 /// Blocked exec filenames (pinned by name; see `palisade_common::enforce::MAP_BLOCK_EXEC`).
 #[map]
@@ -53,11 +52,6 @@ static BLOCK_EXEC_INODE: HashMap<InodeKey, BlockRefs> =
 #[map]
 static BLOCK_EXEC_SHA256: HashMap<[u8; 32], BlockRefs> =
     HashMap::pinned(BLOCK_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// Struct member offsets of the running kernel (set by the host at load; see
-/// `palisade_common::kernel`).
-#[unsafe(no_mangle)]
-static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(UNKNOWN_OFFSETS);
 
 /// Per-CPU space for one lookup key (too big for comfort on the 512-byte stack).
 #[map]
@@ -82,45 +76,21 @@ fn count(index: u32) {
     }
 }
 
-/// Reads a `T` at `base + off`; `None` for a null base or a failed read.
-#[inline(always)]
-fn read_at<T>(base: u64, off: u32) -> Option<T> {
-    if base == 0 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel copes with any address (a bad one is an error, not a fault).
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
-}
-
 /// (device, inode) of the current task's executable: current->mm->exe_file->f_inode, its
-/// i_ino and i_sb->s_dev. `None` when an offset is unknown or a pointer is null.
+/// i_ino and i_sb->s_dev, read through the [`IDENTITY_SLOTS`] offsets in chain order. `None`
+/// when an offset is unknown, a pointer is null or a read fails.
 #[inline(always)]
 fn exe_identity() -> Option<InodeKey> {
-    let off = KERNEL_OFFSETS.load();
-    let slots = [
-        off[OFF_TASK_MM],
-        off[OFF_MM_EXE_FILE],
-        off[OFF_FILE_INODE],
-        off[OFF_INODE_INO],
-        off[OFF_INODE_SB],
-        off[OFF_SB_DEV],
-    ];
-    let mut i = 0;
-    while i < slots.len() {
-        if slots[i] == OFFSET_UNKNOWN {
-            return None;
-        }
-        i += 1;
-    }
+    let [task_mm, mm_exe_file, file_inode, inode_ino, inode_sb, sb_dev] = IDENTITY_SLOTS;
     // SAFETY: plain helper call, no arguments.
     let task = unsafe { h::bpf_get_current_task() };
-    let mm: u64 = read_at(task, slots[0])?;
-    let file: u64 = read_at(mm, slots[1])?;
-    let inode: u64 = read_at(file, slots[2])?;
-    let ino: u64 = read_at(inode, slots[3])?;
-    let sb: u64 = read_at(inode, slots[4])?;
-    let dev: u32 = read_at(sb, slots[5])?;
-    Some([dev as u64, ino])
+    let mm: u64 = read_kernel_at(task, task_mm)?;
+    let file: u64 = read_kernel_at(mm, mm_exe_file)?;
+    let inode: u64 = read_kernel_at(file, file_inode)?;
+    let ino: u64 = read_kernel_at(inode, inode_ino)?;
+    let sb: u64 = read_kernel_at(inode, inode_sb)?;
+    let dev: u32 = read_kernel_at(sb, sb_dev)?;
+    Some([u64::from(dev), ino])
 }
 
 #[inline(always)]

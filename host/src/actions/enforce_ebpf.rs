@@ -15,10 +15,11 @@
 //!   again at each daemon start; the exec is then blocked whatever name it uses: a relative
 //!   name, a symlink, a hard link, `/proc/self/fd/N`, `execveat(fd, "", AT_EMPTY_PATH)`, a bind
 //!   mount. The device is the kernel's `s_dev`, taken from the mount's line in
-//!   `/proc/self/mountinfo` (`statx` mount id), not `st_dev` (which differs on btrfs). The
-//!   daemon keeps an `O_PATH` descriptor on every blocked file so its inode number cannot be
-//!   reused by another file while the rule holds. When the BTF offsets are unknown, identity
-//!   matching is off (logged as an error at load) and only path keys apply.
+//!   `/proc/self/mountinfo` (`statx` mount id; the table is read once per rule resolution),
+//!   not `st_dev` (which differs on btrfs). The daemon keeps an `O_PATH` descriptor on every
+//!   blocked file so its inode number cannot be reused by another file while the rule holds.
+//!   When the BTF offsets are unknown, identity matching is off (logged as an error at load)
+//!   and only path keys apply.
 //! - **path string** (`BLOCK_EXEC`): the filename the exec call named, as the rule wrote it,
 //!   its canonical form and its aliases through symlinked bin directories (`/bin` ->
 //!   `/usr/bin`). This covers what the identity cannot: a path that does not exist yet, a file
@@ -63,6 +64,7 @@ use palisade_common::enforce as abi;
 use palisade_common::kernel::{self as kabi, KernelOffsets};
 
 use super::fanotify::{DenySettings, ExecCheck, OpenDenier};
+use crate::mountinfo;
 
 use super::freeze::{CgroupLayout, FreezeActuator, Freezer};
 use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, ExecMatch, Outcome};
@@ -325,7 +327,7 @@ impl Enforcer {
             self.ensure_pin_dir()?;
             let allow: u32 = u32::from(self.settings.allow_loopback);
             let offsets = self.identity_offsets();
-            let inode_blocking = IDENTITY_SLOTS
+            let inode_blocking = kabi::IDENTITY_SLOTS
                 .iter()
                 .all(|&slot| offsets[slot] != kabi::OFFSET_UNKNOWN);
             if !inode_blocking {
@@ -379,14 +381,10 @@ impl Enforcer {
             });
         };
         if !loaded.exec_attached {
-            let mut stale = 0;
-            for name in [
-                abi::MAP_BLOCK_EXEC,
-                abi::MAP_BLOCK_EXEC_INODE,
-                abi::MAP_BLOCK_EXEC_SHA256,
-            ] {
-                stale += clear_map(&mut loaded.ebpf, name)?;
-            }
+            let ebpf = &mut loaded.ebpf;
+            let stale = clear_map::<[u8; abi::BLOCK_PATH_LEN]>(ebpf, abi::MAP_BLOCK_EXEC)?
+                + clear_map::<abi::InodeKey>(ebpf, abi::MAP_BLOCK_EXEC_INODE)?
+                + clear_map::<[u8; 32]>(ebpf, abi::MAP_BLOCK_EXEC_SHA256)?;
             if stale > 0 {
                 tracing::info!(
                     entries = stale,
@@ -441,7 +439,7 @@ impl Enforcer {
         let guard = self.ensure_exec()?;
         let inode_blocking = guard.as_ref().is_some_and(|l| l.inode_blocking);
         let mut held = BlockKeys::default();
-        if let Some(hash) = &resolved.sha256 {
+        if let Some(hash) = &resolved.keys.sha256 {
             match self.ensure_exec_check() {
                 Ok(()) => held.sha256 = Some(hash.clone()),
                 Err(error) => {
@@ -533,8 +531,8 @@ impl Enforcer {
         pins.retain(|k, _| files.get(k, 0).is_ok());
     }
 
-    /// Starts the sha256 exec check of this process, or re-arms it (marking filesystems
-    /// mounted since).
+    /// Starts the sha256 exec check of this process, or re-arms it (marking only filesystems
+    /// mounted since: a rule re-applied at start costs a mount table read, no mark calls).
     fn ensure_exec_check(&self) -> Result<(), EnforceError> {
         let mut guard = lock(&self.exec_guard);
         if guard.is_none() {
@@ -721,25 +719,19 @@ fn map_err(map: &str, reason: impl std::fmt::Display) -> EnforceError {
     }
 }
 
-/// Removes every entry of block-exec map `name`; returns how many there were.
-fn clear_map(ebpf: &mut Ebpf, name: &str) -> Result<usize, EnforceError> {
-    fn clear<K: Pod>(ebpf: &mut Ebpf, name: &str) -> Result<usize, EnforceError> {
-        let map = ebpf
-            .map_mut(name)
-            .ok_or_else(|| map_err(name, "not in the object"))?;
-        let mut map: BpfHashMap<&mut MapData, K, abi::BlockRefs> =
-            BpfHashMap::try_from(map).map_err(|e| map_err(name, e))?;
-        let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
-        for k in &keys {
-            let _ = map.remove(k);
-        }
-        Ok(keys.len())
+/// Removes every entry of block-exec map `name` (keys of type `K`); returns how many there
+/// were. The key type is checked against the map's key size when the map is opened.
+fn clear_map<K: Pod>(ebpf: &mut Ebpf, name: &str) -> Result<usize, EnforceError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| map_err(name, "not in the object"))?;
+    let mut map: BpfHashMap<&mut MapData, K, abi::BlockRefs> =
+        BpfHashMap::try_from(map).map_err(|e| map_err(name, e))?;
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = map.remove(k);
     }
-    match name {
-        abi::MAP_BLOCK_EXEC => clear::<[u8; abi::BLOCK_PATH_LEN]>(ebpf, name),
-        abi::MAP_BLOCK_EXEC_INODE => clear::<abi::InodeKey>(ebpf, name),
-        _ => clear::<[u8; 32]>(ebpf, name),
-    }
+    Ok(keys.len())
 }
 
 /// One holder more on `k`.
@@ -783,22 +775,14 @@ fn hash_bytes(hex_hash: &str) -> Result<[u8; 32], EnforceError> {
     Ok(out)
 }
 
-/// The `KERNEL_OFFSETS` slots the identity read needs.
-const IDENTITY_SLOTS: [usize; 6] = [
-    kabi::OFF_TASK_MM,
-    kabi::OFF_MM_EXE_FILE,
-    kabi::OFF_FILE_INODE,
-    kabi::OFF_INODE_INO,
-    kabi::OFF_INODE_SB,
-    kabi::OFF_SB_DEV,
-];
-
-/// A rule resolved to keys, with an `O_PATH` descriptor per file key (same order).
+/// A rule resolved to keys (`keys.sha256` set for a sha256 rule), with an `O_PATH` descriptor
+/// per file key (same order).
 #[derive(Debug, Default)]
 struct Resolved {
     keys: BlockKeys,
     pins: Vec<OwnedFd>,
-    sha256: Option<String>,
+    /// The mount table's devices, read once per resolution when the first file is added.
+    mounts: Option<MountDevs>,
 }
 
 impl Resolved {
@@ -814,7 +798,8 @@ impl Resolved {
 
     /// Adds the identity of the file at `path`, when it is an existing regular file.
     fn add_identity(&mut self, path: &Path) {
-        if let Some((file, fd)) = file_key(path) {
+        let mounts = self.mounts.get_or_insert_with(mount_devs);
+        if let Some((file, fd)) = file_key(path, mounts) {
             if !self.keys.files.iter().any(|f| f.key() == file.key()) {
                 self.keys.files.push(file);
                 self.pins.push(fd);
@@ -826,17 +811,17 @@ impl Resolved {
 /// The identity of the regular file at `path` (symlinks followed) and an `O_PATH` descriptor
 /// holding it; `None` when there is no such file.
 pub fn file_identity(path: &Path) -> Option<FileKey> {
-    file_key(path).map(|(k, _)| k)
+    file_key(path, &mount_devs()).map(|(k, _)| k)
 }
 
-fn file_key(path: &Path) -> Option<(FileKey, OwnedFd)> {
+fn file_key(path: &Path, mounts: &MountDevs) -> Option<(FileKey, OwnedFd)> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
         .ok()?;
     let fd = OwnedFd::from(file);
-    let (dev, ino, regular) = statx_identity(&fd).ok()?;
+    let (dev, ino, regular) = statx_identity(&fd, mounts).ok()?;
     regular.then(|| {
         (
             FileKey {
@@ -850,9 +835,9 @@ fn file_key(path: &Path) -> Option<(FileKey, OwnedFd)> {
 }
 
 /// (kernel `s_dev`, inode, is a regular file) of `fd`. The device comes from the file's mount
-/// in `/proc/self/mountinfo` (which prints the superblock's `s_dev`) when `statx` gives a mount
-/// id, else from `stx_dev_*` (equal to `s_dev` except on filesystems such as btrfs).
-fn statx_identity(fd: &OwnedFd) -> io::Result<(u32, u64, bool)> {
+/// in `mounts` (mountinfo prints the superblock's `s_dev`) when `statx` gives a mount id
+/// found there, else from `stx_dev_*` (equal to `s_dev` except on filesystems such as btrfs).
+fn statx_identity(fd: &OwnedFd, mounts: &MountDevs) -> io::Result<(u32, u64, bool)> {
     // SAFETY: all-zero is a valid `statx` (plain integers).
     #[expect(unsafe_code, reason = "zeroed plain-data struct")]
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
@@ -872,24 +857,25 @@ fn statx_identity(fd: &OwnedFd) -> io::Result<(u32, u64, bool)> {
     }
     let regular = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG;
     let from_mount = (stx.stx_mask & libc::STATX_MNT_ID != 0)
-        .then(|| mount_dev(stx.stx_mnt_id))
+        .then(|| mounts.get(&stx.stx_mnt_id).copied())
         .flatten();
     let dev = from_mount.unwrap_or(kabi::kernel_dev(stx.stx_dev_major, stx.stx_dev_minor));
     Ok((dev, stx.stx_ino, regular))
 }
 
-/// The kernel `s_dev` of mount `id` from `/proc/self/mountinfo` (field 3, `major:minor`).
-fn mount_dev(id: u64) -> Option<u32> {
-    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let mut f = line.split(' ');
-        let mid: u64 = f.next()?.parse().ok()?;
-        if mid != id {
-            return None;
+/// Mount id -> the kernel `s_dev` of its superblock.
+type MountDevs = HashMap<u64, u32>;
+
+/// The devices of this process's mounts; empty (identities then use `stx_dev`) when the mount
+/// table is unreadable, which is logged.
+fn mount_devs() -> MountDevs {
+    match mountinfo::read_self() {
+        Ok(mounts) => mounts.iter().map(|m| (m.id, m.kernel_dev())).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "block-exec: file devices taken from stat (the mount table is unreadable)");
+            MountDevs::new()
         }
-        let (major, minor) = f.nth(1)?.split_once(':')?;
-        Some(kabi::kernel_dev(major.parse().ok()?, minor.parse().ok()?))
-    })
+    }
 }
 
 /// Largest number of cached file hashes; the cache is emptied when full.
@@ -1003,7 +989,8 @@ impl HashCheck {
         let hash = match cached {
             Some(h) => h,
             None => {
-                // No sha256 rule left (released from the CLI): nothing to hash.
+                // No sha256 rule left (released from the CLI): nothing to hash. One
+                // BPF_MAP_GET_NEXT_KEY call for the first key, whatever the map's size.
                 if hashes.keys().next().is_none() {
                     return true;
                 }
@@ -1062,22 +1049,20 @@ fn path_key(path: &str) -> Option<[u8; abi::BLOCK_PATH_LEN]> {
     Some(key)
 }
 
-/// Whether `dir` is on a bpf filesystem: its deepest enclosing mount in /proc/mounts is one.
+/// Whether `dir` is on a bpf filesystem: its deepest enclosing mount is one (the last such
+/// line of the mount table when mounts are stacked on one point, as the kernel lists them).
 fn is_bpffs(dir: &Path) -> bool {
     let Ok(dir) = fs::canonicalize(dir) else {
         return false;
     };
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let Ok(mounts) = mountinfo::read_self() else {
+        return false;
+    };
     mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_src, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            dir.starts_with(point)
-                .then(|| (point.len(), fstype == "bpf"))
-        })
-        .max_by_key(|(len, _)| *len)
-        .is_some_and(|(_, bpf)| bpf)
+        .iter()
+        .filter(|m| dir.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .is_some_and(|m| m.fstype == "bpf")
 }
 
 /// The keys that block `path`: itself, its canonical form, and its aliases through symlinked
@@ -1204,11 +1189,7 @@ impl BlockExecActuator {
     /// The keys a rule blocks right now: path keys and file identities (a sha256 is resolved
     /// to the files carrying it here, and kept for the exec check).
     pub fn resolve(&self, rule: &ExecMatch) -> Result<BlockKeys, ActionError> {
-        let r = self.resolve_pinned(rule)?;
-        Ok(BlockKeys {
-            sha256: r.sha256,
-            ..r.keys
-        })
+        Ok(self.resolve_pinned(rule)?.keys)
     }
 
     fn resolve_pinned(&self, rule: &ExecMatch) -> Result<Resolved, ActionError> {
@@ -1232,7 +1213,7 @@ impl BlockExecActuator {
                         let _ = r.add_path_keys(s);
                     }
                 }
-                r.sha256 = Some(hash);
+                r.keys.sha256 = Some(hash);
             }
         }
         Ok(r)

@@ -25,9 +25,10 @@
 //! sha256 rules: `enforce_ebpf` hashes the file through the event's descriptor and denies a
 //! match). Every exec on the host then waits for the reader, so the check must be cheap in the
 //! common case (it caches per file); the deadline and watchdog above bound the worst case.
-//! Filesystems mounted after the call are not marked until it is called again.
+//! Filesystems mounted after the call are not marked until it is called again; a later call
+//! marks only those (the group's fdinfo says which filesystems carry a mark).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -40,6 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome};
+use crate::mountinfo::{self, Mount, MountinfoError};
 
 /// What the opener gets when the daemon does not answer within the deadline; defined with the
 /// rest of `[actions.deny]` in the config.
@@ -95,6 +97,11 @@ pub enum DenyError {
     },
     #[error("no deny rule {id}")]
     NoRule { id: String },
+    #[error("cannot list the executable filesystems: {source}")]
+    Mounts {
+        #[source]
+        source: MountinfoError,
+    },
 }
 
 /// Where the reader thread stops when stalled through [`OpenDenier::stall`].
@@ -139,52 +146,112 @@ const NO_EXEC_FSTYPES: &[&str] = &[
     "selinuxfs",
 ];
 
-/// One mount point per filesystem (by device) that is mounted somewhere without `noexec` and
-/// is not a pseudo filesystem, from `/proc/self/mountinfo`.
-pub fn exec_filesystems() -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let f: Vec<&str> = left.split(' ').collect();
-        let Some(fstype) = right.split(' ').next() else {
-            continue;
-        };
-        if f.len() < 6 || NO_EXEC_FSTYPES.contains(&fstype) {
+/// A filesystem the exec check marks: its device and its mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecFilesystem {
+    /// The kernel's device encoding (`s_dev`), as fanotify's fdinfo prints it.
+    pub dev: u32,
+    /// (mount id, mount point) of each of its mounts, in mount table order. A filesystem mark
+    /// is on the superblock, so any of them that path lookup reaches can carry it.
+    pub mounts: Vec<(u64, PathBuf)>,
+}
+
+impl ExecFilesystem {
+    /// The first mount point that path lookup resolves to this filesystem's own mount (one
+    /// mounted over, or under a mount mounted over, leads elsewhere: marking through it would
+    /// mark the filesystem on top). Without mount ids from `statx` (kernel < 5.8) the first
+    /// mount point.
+    fn reachable_mount_point(&self) -> Option<&Path> {
+        self.mounts
+            .iter()
+            .find(|(id, point)| match mount_id_at(point) {
+                Ok(Some(found)) => found == *id,
+                Ok(None) => true,
+                Err(_) => false,
+            })
+            .map(|(_, point)| point.as_path())
+    }
+}
+
+/// The filesystems (by device) mounted somewhere without `noexec` that are not pseudo
+/// filesystems, in mount table order.
+pub fn exec_filesystems_in(mounts: &[Mount]) -> Vec<ExecFilesystem> {
+    let mut out: Vec<ExecFilesystem> = Vec::new();
+    for m in mounts {
+        if NO_EXEC_FSTYPES.contains(&m.fstype.as_str()) {
             continue;
         }
-        if f[5].split(',').any(|o| o == "noexec") {
-            continue;
-        }
-        if seen.insert(f[2].to_owned()) {
-            out.push(unescape_mountinfo(f[4]));
+        let mount = (m.id, m.mount_point.clone());
+        match out.iter_mut().find(|f| f.dev == m.kernel_dev()) {
+            Some(fs) => fs.mounts.push(mount),
+            None => out.push(ExecFilesystem {
+                dev: m.kernel_dev(),
+                mounts: vec![mount],
+            }),
         }
     }
+    out.retain(|fs| {
+        mounts
+            .iter()
+            .any(|m| m.kernel_dev() == fs.dev && !m.has_option("noexec"))
+    });
     out
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        if let (b'\\', Some(d)) = (b[i], octal) {
-            let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// [`exec_filesystems_in`] of this process's mount table.
+pub fn exec_filesystems() -> Result<Vec<ExecFilesystem>, MountinfoError> {
+    Ok(exec_filesystems_in(&mountinfo::read_self()?))
+}
+
+/// The id of the mount path lookup of `path` ends on (no automount triggered, nothing
+/// opened); `Ok(None)` when the kernel gives no mount id.
+fn mount_id_at(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: all-zero is a valid `statx` (plain integers).
+    #[expect(unsafe_code, reason = "zeroed plain-data struct")]
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    #[expect(unsafe_code, reason = "statx has no safe wrapper in std")]
+    // SAFETY: `c` is NUL-terminated and outlives the call; `stx` is writable.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_NO_AUTOMOUNT | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+    Ok((stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id))
+}
+
+/// The devices (`s_dev`) of the filesystems `group` has a filesystem mark on, from the group's
+/// fdinfo (`fanotify sdev:<hex> ...` lines; inode marks start `fanotify ino:`). The kernel's
+/// own record: a mark goes with its superblock at unmount, and a device number reused by a
+/// new filesystem is not listed. `None` when fdinfo is unreadable.
+fn filesystem_marks(group: &File) -> Option<BTreeSet<u32>> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", group.as_raw_fd())).ok()?;
+    Some(sb_marks_in(&text))
+}
+
+fn sb_marks_in(fdinfo: &str) -> BTreeSet<u32> {
+    fdinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("fanotify sdev:"))
+        .filter_map(|rest| u32::from_str_radix(rest.split(' ').next()?, 16).ok())
+        .collect()
+}
+
+/// What [`OpenDenier::check_execs`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecMarks {
+    /// Executable filesystems now marked.
+    pub marked: usize,
+    /// Of which marked by this call (0 when nothing was mounted since the last call).
+    pub added: usize,
 }
 
 /// Counters, for tests and metrics.
@@ -238,6 +305,8 @@ struct Shared {
     stats: DenyStats,
     /// Set while exec content checks are on (filesystem marks in place).
     exec_check: Mutex<Option<Arc<dyn ExecCheck>>>,
+    /// Held while filesystem marks are added or flushed.
+    marking: Mutex<()>,
 }
 
 /// The fanotify group, its reader and watchdog threads, and the deny rules.
@@ -295,6 +364,7 @@ impl OpenDenier {
             stall: Mutex::new(None),
             stats: DenyStats::default(),
             exec_check: Mutex::new(None),
+            marking: Mutex::new(()),
         });
         let mut threads = Vec::new();
         for (name, f) in [
@@ -409,38 +479,68 @@ impl OpenDenier {
 
     /// Starts (or re-targets) exec content checks: marks every filesystem of
     /// [`exec_filesystems`] for `FAN_OPEN_EXEC_PERM` and asks `check` about every exec of a file
-    /// no deny rule names. Calling it again marks filesystems mounted since. Returns how many
-    /// filesystems are marked; one that cannot be marked is logged and skipped, none at all is
-    /// an error.
-    pub fn check_execs(&self, check: Arc<dyn ExecCheck>) -> Result<usize, DenyError> {
+    /// no deny rule names. Calling it again marks only filesystems not marked yet (mounted
+    /// since): the marks in place are read from the kernel, so repeated calls make no
+    /// `fanotify_mark` call while the filesystem set is unchanged. One that cannot be marked is
+    /// logged and skipped; none marked at all is an error.
+    pub fn check_execs(&self, check: Arc<dyn ExecCheck>) -> Result<ExecMarks, DenyError> {
+        let filesystems = exec_filesystems().map_err(|source| DenyError::Mounts { source })?;
+        // One caller at a time between reading the marks and adding the missing ones.
+        let _marking = lock(&self.shared.marking);
         *lock(&self.shared.exec_check) = Some(check);
-        let mut marked = 0;
+        let before = filesystem_marks(&self.shared.group);
+        let mut marks = ExecMarks {
+            marked: 0,
+            added: 0,
+        };
         let mut last = None;
-        for fs in exec_filesystems() {
-            match mark_filesystem(&self.shared.group, libc::FAN_MARK_ADD, &fs) {
-                Ok(()) => marked += 1,
+        for fs in filesystems {
+            if before.as_ref().is_some_and(|m| m.contains(&fs.dev)) {
+                marks.marked += 1;
+                continue;
+            }
+            let Some(point) = fs.reachable_mount_point() else {
+                tracing::debug!(
+                    dev = fs.dev,
+                    mounts = fs.mounts.len(),
+                    "exec check: filesystem mounted over everywhere; not marked"
+                );
+                continue;
+            };
+            match mark_filesystem(&self.shared.group, libc::FAN_MARK_ADD, point) {
+                Ok(()) => {
+                    marks.marked += 1;
+                    marks.added += 1;
+                }
                 Err(source) => {
-                    tracing::warn!(mount = %fs.display(), %source, "exec check: filesystem not marked; execs there are not content-checked");
-                    last = Some(DenyError::Mark { path: fs, source });
+                    tracing::warn!(mount = %point.display(), %source, "exec check: filesystem not marked; execs there are not content-checked");
+                    last = Some(DenyError::Mark {
+                        path: point.to_path_buf(),
+                        source,
+                    });
                 }
             }
         }
-        if marked == 0 {
+        if marks.marked == 0 {
             *lock(&self.shared.exec_check) = None;
             return Err(last.unwrap_or_else(|| DenyError::Target {
-                path: PathBuf::from("/proc/self/mountinfo"),
+                path: PathBuf::from(crate::mountinfo::SELF_MOUNTINFO),
                 reason: "no executable filesystem found".into(),
             }));
         }
-        tracing::info!(
-            filesystems = marked,
-            "exec check: every exec on these filesystems waits for the daemon's verdict"
-        );
-        Ok(marked)
+        if marks.added > 0 {
+            tracing::info!(
+                filesystems = marks.marked,
+                added = marks.added,
+                "exec check: every exec on these filesystems waits for the daemon's verdict"
+            );
+        }
+        Ok(marks)
     }
 
     /// Stops exec content checks: removes every filesystem mark.
     pub fn stop_exec_checks(&self) -> Result<(), DenyError> {
+        let _marking = lock(&self.shared.marking);
         *lock(&self.shared.exec_check) = None;
         #[expect(unsafe_code, reason = "fanotify_mark has no safe wrapper")]
         // SAFETY: flushing this group's filesystem marks; no pointer is passed.
@@ -805,16 +905,121 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
-        assert_eq!(unescape_mountinfo("/x\\134y"), PathBuf::from("/x\\y"));
-        assert_eq!(unescape_mountinfo("/plain\\"), PathBuf::from("/plain\\"));
+    fn exec_filesystems_skip_pseudo_and_noexec_only_filesystems() {
+        let mounts = crate::mountinfo::parse(
+            "\
+1 0 8:1 / / rw shared:1 - ext4 /dev/sda1 rw
+2 1 0:5 / /proc rw - proc proc rw
+3 1 0:30 / /dev/shm rw,nosuid,noexec - tmpfs tmpfs rw
+4 1 8:1 /srv /srv\\040data rw - ext4 /dev/sda1 rw
+5 1 0:31 / /mnt/a\\040b rw,noexec - tmpfs tmpfs rw
+6 1 0:31 / /mnt/c rw - tmpfs tmpfs rw
+",
+        )
+        .unwrap();
+        let found = exec_filesystems_in(&mounts);
+        let kdev = palisade_common::kernel::kernel_dev;
+        assert_eq!(
+            found,
+            vec![
+                ExecFilesystem {
+                    dev: kdev(8, 1),
+                    mounts: vec![(1, "/".into()), (4, "/srv data".into())],
+                },
+                // Mounted noexec once and exec once: checked, markable through either.
+                ExecFilesystem {
+                    dev: kdev(0, 31),
+                    mounts: vec![(5, "/mnt/a b".into()), (6, "/mnt/c".into())],
+                },
+            ]
+        );
+        let here = exec_filesystems().unwrap();
+        let root = here
+            .iter()
+            .find(|f| f.mounts.iter().any(|(_, p)| p == Path::new("/")))
+            .unwrap_or_else(|| panic!("{here:?}"));
+        assert_eq!(root.reachable_mount_point(), Some(Path::new("/")));
+        assert!(
+            !here
+                .iter()
+                .any(|f| f.mounts.iter().any(|(_, p)| p == Path::new("/proc"))),
+            "{here:?}"
+        );
+    }
+
+    /// A filesystem mounted over is not reachable through its mount point (marking there would
+    /// mark the one on top).
+    #[test]
+    fn a_mounted_over_filesystem_is_not_marked_through_its_mount_point() {
+        let here = crate::mountinfo::read_self().unwrap();
+        let root = here
+            .iter()
+            .find(|m| m.mount_point == Path::new("/"))
+            .unwrap();
+        let under = ExecFilesystem {
+            dev: 1,
+            // A mount id that is not the root's: what an overmounted `/` looks like.
+            mounts: vec![(root.id + 100_000, "/".into())],
+        };
+        assert_eq!(under.reachable_mount_point(), None);
+        let top = ExecFilesystem {
+            dev: root.kernel_dev(),
+            mounts: vec![(root.id + 100_000, "/".into()), (root.id, "/".into())],
+        };
+        assert_eq!(top.reachable_mount_point(), Some(Path::new("/")));
     }
 
     #[test]
-    fn exec_filesystems_skip_pseudo_filesystems() {
-        let found = exec_filesystems();
-        assert!(found.iter().any(|p| p == Path::new("/")), "{found:?}");
-        assert!(!found.iter().any(|p| p == Path::new("/proc")), "{found:?}");
+    fn fdinfo_lists_filesystem_marks_only() {
+        let fdinfo = "pos:\t0\nflags:\t02004000\nmnt_id:\t15\nino:\t1057\n\
+fanotify flags:10 event-flags:8000\n\
+fanotify ino:2a sdev:800001 mflags:0 mask:10100 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:2a000000\n\
+fanotify sdev:800001 mflags:0 mask:100000 ignored_mask:0\n\
+fanotify sdev:1f mflags:0 mask:100000 ignored_mask:0\n";
+        assert_eq!(sb_marks_in(fdinfo), BTreeSet::from([0x80_0001, 0x1f]));
+    }
+
+    struct AllowAll;
+    impl ExecCheck for AllowAll {
+        fn allow_exec(&self, _pid: i32, _file: &File, _meta: &std::fs::Metadata) -> bool {
+            true
+        }
+    }
+
+    /// Root only: marks every executable filesystem (each exec on the host waits for this
+    /// group's reader, which allows it, until the marks are flushed).
+    #[test]
+    fn exec_marks_are_added_once() {
+        // SAFETY: geteuid has no preconditions.
+        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            eprintln!("SKIPPED (needs root): exec_marks_are_added_once");
+            return;
+        }
+        let denier = OpenDenier::start(DenySettings::default()).unwrap();
+        let first = denier.check_execs(Arc::new(AllowAll)).unwrap();
+        assert!(first.marked > 0 && first.added == first.marked, "{first:?}");
+        let marks = filesystem_marks(&denier.shared.group).unwrap();
+        assert_eq!(marks.len(), first.marked, "{marks:?}");
+        let again = denier.check_execs(Arc::new(AllowAll)).unwrap();
+        assert_eq!(
+            again,
+            ExecMarks {
+                marked: first.marked,
+                added: 0
+            }
+        );
+        // An exec still runs (the reader answers it).
+        assert!(std::process::Command::new("/bin/true")
+            .status()
+            .unwrap()
+            .success());
+        denier.stop_exec_checks().unwrap();
+        assert!(filesystem_marks(&denier.shared.group).unwrap().is_empty());
+        assert!(!denier.checks_execs());
+        let restarted = denier.check_execs(Arc::new(AllowAll)).unwrap();
+        assert_eq!(restarted.added, restarted.marked);
+        denier.stop_exec_checks().unwrap();
     }
 }

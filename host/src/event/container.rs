@@ -1,13 +1,16 @@
 //! Container id from a process's cgroup path: the one place that knows how container runtimes
 //! name their cgroups (Docker, containerd / cri-containerd, CRI-O, Podman / libpod; systemd and
 //! cgroupfs drivers; cgroup v1 and v2 lines of `/proc/<pid>/cgroup`). Pure string parsing plus
-//! two small file reads; the process cache (`ebpf::procs`) decides when to call it and caches
-//! the answer per cgroup id so it is never on the per-event path.
+//! two small file reads (the mount table through `crate::mountinfo`); the process cache
+//! (`ebpf::procs`) decides when to call it and caches the answer per cgroup id so it is never
+//! on the per-event path.
 //!
 //! Only full 64-hex-digit ids are accepted: shorter hex names are common on hosts (this
 //! machine's own v1 memory cgroup is `/process_api/<32 hex>`) and must not look like containers.
 
 use std::path::{Path, PathBuf};
+
+use crate::mountinfo::{self, Mount};
 
 /// Length of a container id as runtimes write it in cgroup names.
 pub const ID_LEN: usize = 64;
@@ -66,22 +69,25 @@ pub fn container_id_from_cgroup_file(cgroup_file: &str) -> Option<&str> {
     })
 }
 
-/// Where the cgroup v2 hierarchy is mounted, from a mountinfo text: `/sys/fs/cgroup` on a
+/// Where the cgroup v2 hierarchy is mounted, from a mount table: `/sys/fs/cgroup` on a
 /// pure-v2 host, `/sys/fs/cgroup/unified` on a hybrid one (this machine).
-pub fn cgroup2_root_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // Fields: id parent major:minor root mount-point options... - fstype source options.
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+pub fn cgroup2_root_in(mounts: &[Mount]) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.mount_point.clone())
 }
 
-/// The cgroup v2 mount point of this system, if v2 is mounted.
+/// The cgroup v2 mount point of this system, if v2 is mounted (and the mount table readable:
+/// why not is logged).
 pub fn cgroup2_root() -> Option<PathBuf> {
-    cgroup2_root_in(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+    match mountinfo::read_self() {
+        Ok(mounts) => cgroup2_root_in(&mounts),
+        Err(error) => {
+            tracing::warn!(%error, "cgroup v2 mount not found: the mount table is unreadable");
+            None
+        }
+    }
 }
 
 /// The cgroup v2 id of a v2 path (the inode number of its directory, which is what the
@@ -214,20 +220,23 @@ mod tests {
 
     #[test]
     fn finds_the_cgroup2_mount() {
+        let root_in = |text: &str| cgroup2_root_in(&mountinfo::parse(text).unwrap());
         let hybrid = "\
 25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
 26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,relatime shared:5 - cgroup2 cgroup2 rw
 27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 ";
         assert_eq!(
-            cgroup2_root_in(hybrid),
+            root_in(hybrid),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_root_in(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(root_in(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(root_in("25 24 0:22 / /tmp rw - tmpfs tmpfs rw\n"), None);
+        // A mount point with a space comes back unescaped.
         assert_eq!(
-            cgroup2_root_in("25 24 0:22 / /tmp rw - tmpfs tmpfs rw\n"),
-            None
+            root_in("31 1 0:27 / /run/my\\040cg rw - cgroup2 cgroup2 rw\n"),
+            Some(PathBuf::from("/run/my cg"))
         );
     }
 
