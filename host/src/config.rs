@@ -71,6 +71,9 @@ alert_queue_capacity = 4096
 kind = "ebpf"
 # Kernel ring buffer size; a power of two.
 ring_buffer_kib = 4096
+# How often the reader drains the ring when it is below the wake-up threshold: the most a
+# lone event waits before plugins see it, and the reader's (and workers') wake-ups a second.
+drain_interval_ms = 10
 
 [[outputs]]
 kind = "stdout"
@@ -178,6 +181,8 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// Kernel ring buffer size in KiB (a power of two); used by the eBPF source only.
     pub ring_buffer_kib: u32,
+    /// The eBPF reader's drain timer in milliseconds (1..=1000).
+    pub drain_interval_ms: u32,
 }
 
 /// Where events come from.
@@ -321,7 +326,7 @@ pub struct Overrides {
     pub cache_dir: Option<PathBuf>,
     pub watch: Option<bool>,
     pub workers: Option<usize>,
-    /// Replaces the whole `[source]` except `ring_buffer_kib`.
+    /// Replaces the whole `[source]` except `ring_buffer_kib` and `drain_interval_ms`.
     pub source: Option<SourceKind>,
     /// Tail the replay file (with `source`, or on top of a configured replay source).
     pub follow: Option<bool>,
@@ -656,6 +661,7 @@ struct RawSource {
     path: Option<String>,
     follow: Option<bool>,
     ring_buffer_kib: Option<i64>,
+    drain_interval_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -1091,8 +1097,10 @@ fn apply_overrides(
         // size is a tuning knob independent of the choice.
         let mut table = toml::Table::new();
         if let Some(Value::Table(old)) = merged.get("source") {
-            if let Some(rb) = old.get("ring_buffer_kib") {
-                table.insert("ring_buffer_kib".to_owned(), rb.clone());
+            for key in ["ring_buffer_kib", "drain_interval_ms"] {
+                if let Some(value) = old.get(key) {
+                    table.insert(key.to_owned(), value.clone());
+                }
             }
         }
         match source {
@@ -1411,6 +1419,12 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
             format!("a power of two expected (the kernel requires it), got {ring_buffer_kib}"),
         ));
     }
+    let drain_interval_ms: u32 = int_in(
+        loc,
+        "source.drain_interval_ms",
+        s.drain_interval_ms,
+        1..=1000,
+    )?;
     let kind = match required(loc, "source.kind", s.kind)? {
         RawSourceKind::Ebpf => {
             for (key, set) in [("path", s.path.is_some()), ("follow", s.follow.is_some())] {
@@ -1439,6 +1453,7 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
     let source = SourceConfig {
         kind,
         ring_buffer_kib,
+        drain_interval_ms,
     };
 
     let raw_outputs = required(loc, "outputs", raw.outputs)?;
@@ -1918,6 +1933,7 @@ mod tests {
         assert_eq!(c.engine.max_consecutive_failures, 5);
         assert_eq!(c.source.kind, SourceKind::Ebpf);
         assert_eq!(c.source.ring_buffer_kib, 4096);
+        assert_eq!(c.source.drain_interval_ms, 10);
         assert_eq!(
             c.outputs,
             vec![OutputConfig {

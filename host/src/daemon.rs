@@ -195,7 +195,7 @@ impl Pipeline {
         let mut shards = Vec::new();
         let mut workers = Vec::new();
         for id in 0..opts.workers.max(1) {
-            let (tx, rx) = bounded(opts.queue_capacity.max(1));
+            let (tx, rx) = crate::dispatch::queue::shard_queue(opts.queue_capacity.max(1));
             shards.push(tx);
             let worker = Worker::new(
                 id,

@@ -3,6 +3,7 @@
 //! bus writes alerts to the outputs and routes them to responders.
 
 pub mod alerts;
+pub mod queue;
 pub mod router;
 pub mod worker;
 

@@ -1,22 +1,23 @@
 //! The router: the `EventSink` every source writes into. It shards by tgid (so one process's
 //! events stay in order on one worker) into bounded queues. A live source is never blocked: a
-//! full queue drops the event and counts it per plugin that would have received it.
+//! full queue drops the event and counts it per plugin that would have received it. Events
+//! of a burst (`submit_all`) are queued first and each worker woken once after it.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Sender, TrySendError};
 
+use super::queue::{PushError, ShardSender};
 use crate::event::source::{Delivery, EventSink};
 use crate::event::Event;
 use crate::metrics::{DropCause, Metrics};
-use crate::plugin::registry::Registry;
+use crate::plugin::registry::{PluginSet, Registry};
 use crate::plugin::state::PipelineClock;
 
 pub struct Router {
     /// Emptied by `close`, so workers see their queues disconnect even while sources still
     /// hold the sink.
-    shards: ArcSwap<Vec<Sender<Arc<Event>>>>,
+    shards: ArcSwap<Vec<ShardSender<Arc<Event>>>>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     clock: Arc<PipelineClock>,
@@ -27,7 +28,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(
-        shards: Vec<Sender<Arc<Event>>>,
+        shards: Vec<ShardSender<Arc<Event>>>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         clock: Arc<PipelineClock>,
@@ -56,39 +57,76 @@ impl Router {
     }
 }
 
-impl EventSink for Router {
-    fn submit(&self, event: Event, delivery: Delivery) {
+impl Router {
+    /// Queues one event on its worker's shard without waking the worker; returns the shard
+    /// it went to, `None` when it was not routed (no subscriber, or dropped and counted).
+    fn route(
+        &self,
+        set: &PluginSet,
+        shards: &[ShardSender<Arc<Event>>],
+        event: Event,
+        delivery: Delivery,
+    ) -> Option<usize> {
         self.received.inc();
         self.clock.observe(event.ts_ns);
-        let set = self.registry.snapshot();
         // Cheap first filter on the union of subscribed kinds; workers do the exact match.
         if !set.kinds.contains(event.kind()) {
             self.metrics.events_unrouted_total.inc();
-            return;
+            return None;
         }
-        let shards = self.shards.load();
         if shards.is_empty() {
             self.metrics.event_dropped(DropCause::QueueFull);
-            return;
+            return None;
         }
-        let shard = &shards[event.process.pid as usize % shards.len()];
+        let index = event.process.pid as usize % shards.len();
+        let shard = &shards[index];
         let event = Arc::new(event);
         self.metrics.events_routed_total.inc();
         match delivery {
             Delivery::Backpressure => {
-                if shard.send(event).is_err() {
+                if shard.push_blocking(event).is_err() {
                     self.metrics.event_dropped(DropCause::QueueFull);
+                    return None;
                 }
             }
-            Delivery::NeverBlock => match shard.try_send(event) {
+            Delivery::NeverBlock => match shard.push(event) {
                 Ok(()) => {}
-                Err(TrySendError::Full(event)) | Err(TrySendError::Disconnected(event)) => {
+                Err(PushError::Full(event)) | Err(PushError::Disconnected(event)) => {
                     self.metrics.event_dropped(DropCause::QueueFull);
                     for plugin in set.detectors.iter().filter(|p| p.interest.matches(&event)) {
                         self.metrics.plugin_queue_dropped(plugin.name());
                     }
+                    return None;
                 }
             },
+        }
+        Some(index)
+    }
+}
+
+impl EventSink for Router {
+    fn submit(&self, event: Event, delivery: Delivery) {
+        let set = self.registry.snapshot();
+        let shards = self.shards.load();
+        if let Some(index) = self.route(&set, &shards, event, delivery) {
+            shards[index].wake();
+        }
+    }
+
+    fn submit_all(&self, events: &mut Vec<Event>, delivery: Delivery) {
+        let set = self.registry.snapshot();
+        let shards = self.shards.load();
+        // Which shards this burst queued on; past 64 workers, all of them.
+        let mut touched = 0u64;
+        for event in events.drain(..) {
+            if let Some(index) = self.route(&set, &shards, event, delivery) {
+                touched |= 1u64.checked_shl(index as u32).unwrap_or(u64::MAX);
+            }
+        }
+        for (index, shard) in shards.iter().enumerate() {
+            if touched & 1u64.checked_shl(index as u32).unwrap_or(u64::MAX) != 0 {
+                shard.wake();
+            }
         }
     }
 }

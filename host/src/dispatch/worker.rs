@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Sender, TryRecvError};
+
+use super::queue::{ShardReceiver, Wait};
 
 use super::next_alert_id;
 use crate::alert::{Alert, Origin, Priority, HOST_ORIGIN};
@@ -71,16 +73,19 @@ impl Worker {
     }
 
     /// Runs until every sender of `queue` is gone and the queue is drained.
-    pub fn run(mut self, queue: Receiver<Arc<Event>>) {
+    pub fn run(mut self, queue: ShardReceiver<Arc<Event>>) {
         let mut batch: Vec<Arc<Event>> = Vec::with_capacity(self.settings.batch_max);
         loop {
-            match queue.recv_timeout(Duration::from_millis(250)) {
+            match queue.try_recv() {
                 Ok(event) => batch.push(event),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.sweep_idle();
+                Err(TryRecvError::Empty) => {
+                    // Sleep until the router wakes this worker after a burst; no spinning.
+                    if queue.wait(Duration::from_millis(250)) == Wait::TimedOut {
+                        self.sweep_idle();
+                    }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Disconnected) => break,
             }
             // Natural batching: take what is already queued, never wait for more.
             while batch.len() < self.settings.batch_max {

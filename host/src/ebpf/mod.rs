@@ -222,6 +222,7 @@ pub fn kernel_source(config: &crate::config::Config) -> Result<Box<dyn EventSour
         ring_bytes,
         on_demand: true,
         ..EbpfConfig::default()
+        poll_ms: config.source.drain_interval_ms,
     })?;
     Ok(Box::new(source))
 }
@@ -532,3 +533,4 @@ impl EventSource for EbpfSource {
         })
     }
 }
+            burst: Vec::with_capacity(reader::BURST),

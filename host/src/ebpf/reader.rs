@@ -1,7 +1,8 @@
 //! The ring-buffer reader loop: waits on the ring fd (woken by the kernel only above the fill
 //! threshold) with a short timeout, drains every record, decodes it, enriches it from the
-//! process cache, and hands it to the sink without ever blocking. Per-record problems are
-//! counted and logged (rate-limited), never fatal.
+//! process cache, and hands it to the sink without ever blocking, in bursts, so each worker is
+//! woken once per drain rather than once per event. Per-record problems are counted and logged
+//! (rate-limited), never fatal.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,10 @@ use crate::event::source::{Delivery, EventSink, StopFlag};
 /// Decode errors logged before going quiet (the counter keeps counting).
 const MAX_LOGGED_DECODE_ERRORS: u64 = 20;
 
+/// Events handed to the sink at once; a drain longer than this wakes the workers every
+/// `BURST` events so they start on a long drain before it ends.
+pub(super) const BURST: usize = 256;
+
 pub(super) struct Reader<'a> {
     pub ring: &'a mut RingBuf<MapData>,
     pub procs: &'a mut ProcessCache,
@@ -26,6 +31,8 @@ pub(super) struct Reader<'a> {
     pub own_pid: u32,
     /// Loss accounting, checked between drains.
     pub watch: Option<&'a mut super::DropWatch>,
+    /// Decoded events not yet handed over (kept to reuse its allocation).
+    pub burst: Vec<crate::event::Event>,
 }
 
 impl Reader<'_> {
@@ -64,8 +71,11 @@ impl Reader<'_> {
                     if let Some(n) = self.stats.delivered_by_kind.get(event.kind() as usize) {
                         n.fetch_add(1, Ordering::Relaxed);
                     }
-                    sink.submit(event, Delivery::NeverBlock);
+                    self.burst.push(event);
                     delivered += 1;
+                    if self.burst.len() >= BURST {
+                        sink.submit_all(&mut self.burst, Delivery::NeverBlock);
+                    }
                 }
                 Err(err) => {
                     let n = self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -74,6 +84,9 @@ impl Reader<'_> {
                     }
                 }
             }
+        }
+        if !self.burst.is_empty() {
+            sink.submit_all(&mut self.burst, Delivery::NeverBlock);
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
         delivered

@@ -11,6 +11,14 @@ pub trait EventSink: Send + Sync {
     /// Delivers one event. A live source must never wait: the sink counts and drops on overflow.
     /// A non-live source (replay) asks for backpressure so an offline run loses nothing.
     fn submit(&self, event: Event, delivery: Delivery);
+
+    /// Delivers a burst of events in order, leaving `events` empty. Sinks that queue events
+    /// for consumer threads wake each consumer once, after the burst, not once per event.
+    fn submit_all(&self, events: &mut Vec<Event>, delivery: Delivery) {
+        for event in events.drain(..) {
+            self.submit(event, delivery);
+        }
+    }
 }
 
 /// How the sink treats a full queue.
