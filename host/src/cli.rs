@@ -156,7 +156,8 @@ pub struct RecordArgs {
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Only these kinds, comma-separated (e.g. exec,file_open); default all.
+    /// Only these kinds, comma-separated (e.g. exec,file_open); default all. Only their kernel
+    /// programs (and the process-lifecycle ones) are attached.
     #[arg(long)]
     pub kinds: Option<String>,
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -147,6 +148,14 @@ label_enum!(
 );
 
 label_enum!(
+    /// Direction of a change to the kernel programs attached by the event source.
+    ProgramChange {
+        Attach => "attach",
+        Detach => "detach",
+    }
+);
+
+label_enum!(
     /// Outcome of a hot reload of one plugin.
     ReloadResult {
         Ok => "ok",
@@ -209,6 +218,16 @@ pub struct KernelLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub change: LabelValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: LabelValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CapabilityLabels {
     pub plugin: LabelValue,
     pub capability: LabelValue,
@@ -248,6 +267,15 @@ pub struct Metrics {
     pub plugin_log_dropped_total: Family<PluginLabels, Counter>,
     pub plugin_alerts_truncated_total: Family<PluginLabels, Counter>,
     pub kernel_events_total: Family<KernelLabels, Counter>,
+    /// Steps that attached or detached at least one kernel program (subscriptions changed),
+    /// the programs they moved, and what the last step of each direction took (a detach step
+    /// only hands its links to a release thread; the kernel frees them after that).
+    pub kernel_program_changes_total: Family<ChangeLabels, Counter>,
+    pub kernel_programs_changed_total: Family<ChangeLabels, Counter>,
+    pub kernel_program_change_seconds: Family<ChangeLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while a subscribable kind has kernel programs attached, else 0 (lifecycle kinds are
+    /// always attached and not listed).
+    pub kernel_kind_attached: Family<KindLabels, Gauge>,
     pub audit_errors_total: Counter,
     /// Distinct `alerts_total` label sets created so far (for [`MAX_ALERT_SERIES`]).
     alert_series: AtomicUsize,
@@ -286,6 +314,11 @@ impl Metrics {
         let plugin_log_dropped_total = Family::<PluginLabels, Counter>::default();
         let plugin_alerts_truncated_total = Family::<PluginLabels, Counter>::default();
         let kernel_events_total = Family::<KernelLabels, Counter>::default();
+        let kernel_program_changes_total = Family::<ChangeLabels, Counter>::default();
+        let kernel_programs_changed_total = Family::<ChangeLabels, Counter>::default();
+        let kernel_program_change_seconds =
+            Family::<ChangeLabels, Gauge<f64, AtomicU64>>::default();
+        let kernel_kind_attached = Family::<KindLabels, Gauge>::default();
         let audit_errors_total = Counter::default();
 
         // Names are given without `_total`: prometheus-client appends it to counters.
@@ -379,6 +412,26 @@ impl Metrics {
             "Kernel source events per kind: emitted, filtered in the kernel, lost, delivered",
             kernel_events_total.clone(),
         );
+        registry.register(
+            "kernel_program_changes",
+            "Steps that attached or detached kernel programs as subscriptions changed, by change",
+            kernel_program_changes_total.clone(),
+        );
+        registry.register(
+            "kernel_programs_changed",
+            "Kernel programs attached or detached as subscriptions changed, by change",
+            kernel_programs_changed_total.clone(),
+        );
+        registry.register(
+            "kernel_program_change_seconds",
+            "Time the last attach or detach step took (a detach's kernel release runs after it, on a background thread)",
+            kernel_program_change_seconds.clone(),
+        );
+        registry.register(
+            "kernel_kind_attached",
+            "1 while a subscribable event kind has kernel programs attached, 0 otherwise",
+            kernel_kind_attached.clone(),
+        );
         let plugin_instances =
             Family::<PluginLabels, prometheus_client::metrics::gauge::Gauge>::default();
         registry.register(
@@ -413,6 +466,10 @@ impl Metrics {
             plugin_log_dropped_total,
             plugin_alerts_truncated_total,
             kernel_events_total,
+            kernel_program_changes_total,
+            kernel_programs_changed_total,
+            kernel_program_change_seconds,
+            kernel_kind_attached,
             audit_errors_total,
             alert_series: AtomicUsize::new(0),
         }
@@ -710,6 +767,65 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts one step that attached or detached `programs` (> 0) kernel programs in `took`.
+    pub fn kernel_program_change(&self, change: impl AsRef<str>, programs: usize, took: Duration) {
+        let labels = ChangeLabels {
+            change: change.as_ref().into(),
+        };
+        self.kernel_program_changes_total
+            .get_or_create(&labels)
+            .inc();
+        self.kernel_programs_changed_total
+            .get_or_create(&labels)
+            .inc_by(programs as u64);
+        self.kernel_program_change_seconds
+            .get_or_create(&labels)
+            .set(took.as_secs_f64());
+    }
+
+    /// Sets the attached flag of every kind in `kinds` (name, attached now).
+    pub fn kernel_kinds_attached<'a>(&self, kinds: impl IntoIterator<Item = (&'a str, bool)>) {
+        for (kind, attached) in kinds {
+            self.kernel_kind_attached
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .set(i64::from(attached));
+        }
+    }
+
+    /// Attach or detach steps counted so far.
+    pub fn program_changes(&self, change: impl AsRef<str>) -> u64 {
+        self.kernel_program_changes_total
+            .get(&ChangeLabels {
+                change: change.as_ref().into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Programs attached or detached so far.
+    pub fn programs_changed(&self, change: impl AsRef<str>) -> u64 {
+        self.kernel_programs_changed_total
+            .get(&ChangeLabels {
+                change: change.as_ref().into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// What the last attach or detach step took (`None` before the first).
+    pub fn last_program_change(&self, change: impl AsRef<str>) -> Option<Duration> {
+        self.kernel_program_change_seconds
+            .get(&ChangeLabels {
+                change: change.as_ref().into(),
+            })
+            .map(|g| Duration::from_secs_f64(g.get().max(0.0)))
+    }
+
+    /// Whether `kind`'s programs are attached, as last reported (`None`: never reported).
+    pub fn kind_attached(&self, kind: &str) -> Option<bool> {
+        self.kernel_kind_attached
+            .get(&KindLabels { kind: kind.into() })
+            .map(|g| g.get() != 0)
+    }
+
     pub fn kernel_events_of(&self, kind: &str, outcome: &str) -> u64 {
         self.kernel_events_total
             .get(&KernelLabels {
@@ -889,6 +1005,38 @@ mod tests {
             "palisade_plugin_alerts_truncated_total{plugin=\"det\"} 4",
             "palisade_audit_errors_total 1",
             "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn kernel_program_changes_are_counted_and_exposed() {
+        let m = Metrics::new();
+        assert_eq!(m.program_changes(ProgramChange::Attach), 0);
+        assert_eq!(m.last_program_change(ProgramChange::Detach), None);
+        assert_eq!(m.kind_attached("file_open"), None);
+        m.kernel_program_change(ProgramChange::Attach, 8, Duration::from_micros(1500));
+        m.kernel_program_change(ProgramChange::Attach, 1, Duration::from_micros(250));
+        m.kernel_program_change(ProgramChange::Detach, 9, Duration::from_millis(2));
+        m.kernel_kinds_attached([("file_open", true), ("net_connect", false)]);
+        assert_eq!(m.program_changes(ProgramChange::Attach), 2);
+        assert_eq!(m.programs_changed("attach"), 9);
+        assert_eq!(m.program_changes(ProgramChange::Detach), 1);
+        assert_eq!(
+            m.last_program_change(ProgramChange::Attach),
+            Some(Duration::from_micros(250))
+        );
+        assert_eq!(m.kind_attached("file_open"), Some(true));
+        assert_eq!(m.kind_attached("net_connect"), Some(false));
+        let text = m.encode();
+        for line in [
+            "palisade_kernel_program_changes_total{change=\"attach\"} 2",
+            "palisade_kernel_program_changes_total{change=\"detach\"} 1",
+            "palisade_kernel_programs_changed_total{change=\"attach\"} 9",
+            "palisade_kernel_program_change_seconds{change=\"detach\"} 0.002",
+            "palisade_kernel_kind_attached{kind=\"file_open\"} 1",
+            "palisade_kernel_kind_attached{kind=\"net_connect\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

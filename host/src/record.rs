@@ -5,8 +5,10 @@
 //!
 //! The eBPF reader must never block, so the sink only hands events to a bounded queue; a writer
 //! thread serialises and writes them. If the disk cannot keep up, the queue overflows and the
-//! loss is counted and reported, never silent. `--kinds` narrows the kernel programs through the
-//! in-kernel filter, so unwanted kinds never reach userspace.
+//! loss is counted and reported, never silent. `--kinds` attaches only the named kinds' kernel
+//! programs (plus the process-lifecycle ones the process cache is built from) and writes the
+//! in-kernel filter as the daemon does for its plugins, so other kinds cost the traced tasks
+//! nothing and never reach userspace.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -299,18 +301,22 @@ pub fn record(
     use crate::event::source::EventSource;
 
     Preflight::system().check()?;
-    let mut source = crate::ebpf::EbpfSource::load(crate::ebpf::EbpfConfig::default())
-        .map_err(SourceError::from)?;
+    let mut source = crate::ebpf::EbpfSource::load(crate::ebpf::EbpfConfig {
+        // With --kinds, only the lifecycle programs come up at load; `narrow` attaches the
+        // asked kinds' programs. Without, every program is attached and passes everything.
+        on_demand: options.kinds.is_some(),
+        ..crate::ebpf::EbpfConfig::default()
+    })
+    .map_err(SourceError::from)?;
     if let Some(kinds) = options.kinds {
-        // Kinds not asked for stay in the kernel (the lifecycle kinds always come up: the
-        // process cache needs them; the sink drops them when not asked for).
+        // Kinds not asked for stay in the kernel, their programs unattached (the lifecycle
+        // kinds always come up: the process cache needs them; the sink drops them when not
+        // asked for).
         let wanted = crate::plugin::subscription::Subscription {
             kinds,
             ..Default::default()
         };
-        source
-            .filter()
-            .apply(&crate::ebpf::FilterPlan::from_subscriptions([&wanted]))?;
+        source.narrow(&crate::ebpf::FilterPlan::from_subscriptions([&wanted]))?;
     }
     let file = EventFile::create(&options.output, options.kinds)?;
     let sink = file.sink();

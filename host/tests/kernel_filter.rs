@@ -13,14 +13,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use palisade::ebpf::{EbpfConfig, EbpfSource, FilterPlan};
-use palisade::event::source::{Delivery, EventSink, EventSource, StopFlag};
+use palisade::event::source::{Delivery, EventSink};
 use palisade::event::{Event, EventData, EventKind};
 use palisade::plugin::subscription::Subscription;
 use support::{test_plugin, Harness};
@@ -31,43 +30,40 @@ const WATCHED: &str = "/tmp/palisade-kfilter/watched";
 /// The tests share the prefix the plugin watches: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/root.rs"]
 mod root;
+use daemon::{alerts_for, file, note, open_n, KernelDaemon, SourceThread};
 
 fn skip(test: &str) -> bool {
     root::skip_unless_root(&format!("kernel_filter::{test}"), "loads eBPF programs")
 }
 
-fn note(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-/// Opens `path` `n` times from a `/bin/sh` child (`: < path` is one openat each).
-fn open_n(path: &str, n: u32) {
-    let status = Command::new("/bin/sh")
-        .args([
-            "-c",
-            &format!("i=0; while [ $i -lt {n} ]; do : < '{path}'; i=$((i+1)); done"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn file(dir: &str, name: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = format!("{dir}/{name}");
-    std::fs::write(&path, b"x").unwrap();
-    path
-}
-
 /// Forwards to the daemon's router, counting events whose path contains `needle`, and
 /// optionally stalling to play a slow reader.
 struct Tap {
-    inner: Arc<dyn EventSink>,
-    needle: Mutex<String>,
+    inner: OnceLock<Arc<dyn EventSink>>,
+    needle: String,
     seen: AtomicU64,
     stall: Duration,
+}
+
+impl Tap {
+    fn new(needle: String, stall: Duration) -> Self {
+        Tap {
+            inner: OnceLock::new(),
+            needle,
+            seen: AtomicU64::new(0),
+            stall,
+        }
+    }
+
+    /// This tap in front of `router`.
+    fn wrap(self: &Arc<Self>, router: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+        assert!(self.inner.set(router).is_ok(), "a tap wraps one router");
+        self.clone()
+    }
 }
 
 impl EventSink for Tap {
@@ -75,20 +71,13 @@ impl EventSink for Tap {
         if !self.stall.is_zero() {
             std::thread::sleep(self.stall);
         }
-        let needle = self.needle.lock().unwrap().clone();
-        if !needle.is_empty() && event.data.paths().any(|p| p.contains(&needle)) {
+        if !self.needle.is_empty() && event.data.paths().any(|p| p.contains(&self.needle)) {
             self.seen.fetch_add(1, Ordering::Relaxed);
         }
-        self.inner.submit(event, delivery);
+        if let Some(inner) = self.inner.get() {
+            inner.submit(event, delivery);
+        }
     }
-}
-
-fn alerts_for(h: &Harness, path: &str) -> usize {
-    h.captured
-        .with_rule("path-watch.open")
-        .iter()
-        .filter(|a| a["fields"]["path"] == path)
-        .count()
 }
 
 /// No subscriber: opens never leave the kernel. A newly loaded plugin's prefix then starts
@@ -101,28 +90,16 @@ fn unsubscribed_events_stay_in_the_kernel_and_new_subscriptions_apply_live() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let h = Harness::new("");
-    let mut source = EbpfSource::load(EbpfConfig::default()).unwrap();
+    let source = EbpfSource::load(EbpfConfig::default()).unwrap();
     // The verifier accepts every gated program.
     assert!(
         source.failed().is_empty(),
         "probes failed: {:?}",
         source.failed()
     );
-    let counters = source.counters();
-    let stats = source.stats();
-    source.attach(&h.daemon);
-    let pipeline = h.start();
-    let tap = Arc::new(Tap {
-        inner: pipeline.sink(),
-        needle: Mutex::new(format!("{ROOT}/other/")),
-        seen: AtomicU64::new(0),
-        stall: Duration::ZERO,
-    });
-    let stop = StopFlag::default();
-    let reader = {
-        let (tap, stop) = (tap.clone(), stop.clone());
-        std::thread::spawn(move || source.run(&*tap, &stop).unwrap())
-    };
+    let tap = Arc::new(Tap::new(format!("{ROOT}/other/"), Duration::ZERO));
+    let running = KernelDaemon::start_into(&h, source, |router| tap.wrap(router));
+    let (counters, stats) = (running.counters.clone(), running.stats.clone());
     let other = file(&format!("{ROOT}/other"), "x");
     let watched = file(WATCHED, "live");
 
@@ -165,9 +142,7 @@ fn unsubscribed_events_stay_in_the_kernel_and_new_subscriptions_apply_live() {
     );
 
     std::thread::sleep(Duration::from_millis(100));
-    stop.stop();
-    reader.join().unwrap();
-    drop(pipeline);
+    running.finish();
     assert_eq!(
         tap.seen.load(Ordering::Relaxed),
         0,
@@ -192,25 +167,14 @@ fn flood_losses_are_counted_and_alerted() {
     let h = Harness::new("");
     h.install(&test_plugin("path-watch"), "path-watch", None);
     h.load(1);
-    let mut source = EbpfSource::load(EbpfConfig {
+    let source = EbpfSource::load(EbpfConfig {
         ring_bytes: 16 * 1024,
         ..EbpfConfig::default()
     })
     .unwrap();
-    let counters = source.counters();
-    source.attach(&h.daemon);
-    let pipeline = h.start();
-    let tap = Arc::new(Tap {
-        inner: pipeline.sink(),
-        needle: Mutex::new(String::new()),
-        seen: AtomicU64::new(0),
-        stall: Duration::from_micros(200),
-    });
-    let stop = StopFlag::default();
-    let reader = {
-        let (tap, stop) = (tap.clone(), stop.clone());
-        std::thread::spawn(move || source.run(&*tap, &stop).unwrap())
-    };
+    let tap = Arc::new(Tap::new(String::new(), Duration::from_micros(200)));
+    let mut running = KernelDaemon::start_into(&h, source, |router| tap.wrap(router));
+    let counters = running.counters.clone();
     let flood = file(WATCHED, "flood");
     const N: u32 = 20_000;
     let k0 = counters.read();
@@ -219,12 +183,11 @@ fn flood_losses_are_counted_and_alerted() {
     note(&format!("flood of {N} opens took {:?}", started.elapsed()));
     // Let the reader drain what the ring holds, then stop (the drop watch reports at stop).
     std::thread::sleep(Duration::from_millis(500));
-    stop.stop();
-    reader.join().unwrap();
+    running.reader.stop();
     let k1 = counters.read();
     let lost = k1.lost_of(EventKind::FileOpen) - k0.lost_of(EventKind::FileOpen);
     let queue = h.daemon.metrics.dropped("queue_full");
-    pipeline.finish();
+    running.finish();
 
     let delivered = alerts_for(&h, &flood) as u64;
     note(&format!(
@@ -291,18 +254,7 @@ fn helper_entry() {
         ops += 1000;
     }
     println!("OPS={ops}");
-    println!("CPU={}", own_cpu_secs());
-}
-
-/// CPU seconds (user + system) used by this process so far.
-fn own_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    (f[11] + f[12]) as f64 / 100.0
+    println!("CPU={}", daemon::cpu_secs(std::process::id()));
 }
 
 /// Runs the open loop in a child for `secs`: (opens per wall second, opens per CPU second).
@@ -333,10 +285,8 @@ fn open_loop(path: &str, secs: u64) -> (f64, f64) {
 /// attached whatever it says, to model a subscription (or a kept-attached kind) without
 /// building a plugin for it.
 struct Running {
-    stop: StopFlag,
-    reader: Option<std::thread::JoinHandle<()>>,
-    probes: Arc<Mutex<palisade::ebpf::ProbeSet>>,
-    _pipeline: palisade::daemon::Pipeline,
+    // Declared first: stops the reader before the harness goes.
+    daemon: KernelDaemon,
     _harness: Harness,
 }
 
@@ -347,57 +297,36 @@ impl Running {
             h.install(&test_plugin("path-watch"), "path-watch", None);
             h.load(1);
         }
-        let mut source = EbpfSource::load(config).unwrap();
-        let probes = source.probes();
-        source.attach(&h.daemon);
-        let pipeline = h.start();
+        let daemon = KernelDaemon::start(&h, EbpfSource::load(config).unwrap());
         if let Some(plan) = plan {
-            let change = probes
+            let change = daemon
+                .probes
                 .lock()
                 .unwrap()
                 .attach_kinds(1 << EventKind::FileOpen as u32);
             assert!(change.failed.is_empty(), "{:?}", change.failed);
-            source.filter().apply(plan).unwrap();
+            daemon.filter.apply(plan).unwrap();
         }
         // Programs the follower detached are released on a background thread (each waits
         // for kernel grace periods): wait, so the measurement sees the final attachment.
-        let failed = probes.lock().unwrap().settle();
+        let failed = daemon.probes.lock().unwrap().settle();
         assert!(failed.is_empty(), "{failed:?}");
-        let sink = pipeline.sink();
-        let stop = StopFlag::default();
-        let reader = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                source.run(&*sink, &stop).unwrap();
-            })
-        };
         Running {
-            stop,
-            reader: Some(reader),
-            probes,
-            _pipeline: pipeline,
+            daemon,
             _harness: h,
         }
     }
 
     /// (name, run count, run time ns) of this source's programs now.
     fn program_stats(&self) -> Vec<(String, u64, u64)> {
-        self.probes
+        self.daemon
+            .probes
             .lock()
             .unwrap()
             .program_stats()
             .into_iter()
             .map(|(name, time, runs)| (name.to_owned(), runs, time.as_nanos() as u64))
             .collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
     }
 }
 
@@ -661,7 +590,7 @@ fn kernel_gates_follow_the_plan() {
         no.local_addr().unwrap().port(),
     );
 
-    let mut source = EbpfSource::load(EbpfConfig::default()).unwrap();
+    let source = EbpfSource::load(EbpfConfig::default()).unwrap();
     let counters = source.counters();
     let subs = [
         Subscription {
@@ -685,11 +614,7 @@ fn kernel_gates_follow_the_plan() {
         .apply(&FilterPlan::from_subscriptions(&subs))
         .unwrap();
     let events = Arc::new(Collector::default());
-    let stop = StopFlag::default();
-    let reader = {
-        let (events, stop) = (events.clone(), stop.clone());
-        std::thread::spawn(move || source.run(&*events, &stop).unwrap())
-    };
+    let mut reader = SourceThread::spawn(source, events.clone());
     let k0 = counters.read();
     sh(&format!(
         "touch {outside}/a {outside}/c && mv {outside}/a {inside}/a2 && mv {outside}/c {outside}/d \
@@ -728,8 +653,7 @@ fn kernel_gates_follow_the_plan() {
     events.wait("connect to the subscribed port", &connect(port_yes));
     events.wait("chmod by the subscribed comm", &chmod_by("kf-chmod"));
     std::thread::sleep(Duration::from_millis(200));
-    stop.stop();
-    reader.join().unwrap();
+    reader.stop();
     assert!(
         !events.any(&rename(format!("{outside}/c"), format!("{outside}/d"))),
         "a rename outside the prefix reached userspace"
@@ -774,7 +698,7 @@ fn kernel_path_heads_follow_the_plan() {
     let short_other = "/tmp/k7x";
     std::fs::write(short, b"x").unwrap();
     std::fs::write(short_other, b"x").unwrap();
-    let mut source = EbpfSource::load(EbpfConfig::default()).unwrap();
+    let source = EbpfSource::load(EbpfConfig::default()).unwrap();
     let counters = source.counters();
     let plan = FilterPlan::from_subscriptions(&[Subscription {
         kinds: [EventKind::FileOpen].into_iter().collect(),
@@ -786,11 +710,7 @@ fn kernel_path_heads_follow_the_plan() {
     assert_eq!(plan.heads().short_lens, 1 << 6);
     source.filter().apply(&plan).unwrap();
     let events = Arc::new(Collector::default());
-    let stop = StopFlag::default();
-    let reader = {
-        let (events, stop) = (events.clone(), stop.clone());
-        std::thread::spawn(move || source.run(&*events, &stop).unwrap())
-    };
+    let mut reader = SourceThread::spawn(source, events.clone());
     let k0 = counters.read();
     sh(&format!(
         ": < {exact}; : < {sibling}; : < {short}; : < {short_other}; : < /dev/null; : < /dev/zero"
@@ -801,8 +721,7 @@ fn kernel_path_heads_follow_the_plan() {
     events.wait("the short exact path", &opened(short.into()));
     events.wait("a path under the short prefix", &opened("/dev/null".into()));
     std::thread::sleep(Duration::from_millis(200));
-    stop.stop();
-    reader.join().unwrap();
+    reader.stop();
     for path in [sibling.as_str(), short_other, "/dev/zero"] {
         assert!(
             !events.any(&opened(path.into())),

@@ -15,84 +15,39 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::Command;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use palisade::ebpf::{EbpfConfig, EbpfSource};
-use palisade::event::source::{EventSource, StopFlag};
+use palisade::event::source::EventSource;
 use palisade::event::EventKind;
+use palisade::metrics::ProgramChange;
 use support::{test_plugin, Harness};
 
 const WATCHED: &str = "/tmp/palisade-kfilter/watched";
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/root.rs"]
 mod root;
+use daemon::{alerts_for, file, note, open_n, DaemonProcess, KernelDaemon};
 
 fn skip(test: &str) -> bool {
     root::skip_unless_root(&format!("kernel_programs::{test}"), "loads eBPF programs")
 }
 
-fn note(line: &str) {
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-/// Opens `path` `n` times from a `/bin/sh` child (`: < path` is one openat each).
-fn open_n(path: &str, n: u32) {
-    let status = Command::new("/bin/sh")
-        .args([
-            "-c",
-            &format!("i=0; while [ $i -lt {n} ]; do : < '{path}'; i=$((i+1)); done"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn file(dir: &str, name: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = format!("{dir}/{name}");
-    std::fs::write(&path, b"x").unwrap();
-    path
-}
-
-fn alerts_for(h: &Harness, path: &str) -> usize {
-    h.captured
-        .with_rule("path-watch.open")
-        .iter()
-        .filter(|a| a["fields"]["path"] == path)
-        .count()
-}
-
-/// Names of the BPF programs this process holds a perf link for, read from the kernel (link
-/// fds' fdinfo and the programs' info), not from the loader's own bookkeeping. Program names
-/// are cut at 15 bytes by the kernel.
+/// Programs this process holds a link for, in the kernel's own list.
 fn linked_programs() -> Vec<String> {
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
-        let Ok(info) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let field = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
-        };
-        if field("link_type:").is_some_and(|t| t.starts_with("perf")) {
-            if let Some(id) = field("prog_id:").and_then(|v| v.parse::<u32>().ok()) {
-                ids.push(id);
-            }
-        }
-    }
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| ids.contains(&p.id()))
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .collect()
+    daemon::linked_programs(std::process::id())
 }
 
 fn open_programs_linked() -> usize {
-    linked_programs()
+    open_programs_in(&linked_programs())
+}
+
+fn open_programs_in(linked: &[String]) -> usize {
+    linked
         .iter()
         .filter(|n| {
             n.starts_with("sys_enter_open")
@@ -124,8 +79,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// The daemon's way (`on_demand`): with nobody subscribed to file_open its eight programs are
 /// not attached (the kernel's link list says so) and opens cost them nothing; loading a plugin
 /// that subscribes attaches them before it is published, so its very first open is delivered
-/// without a restart; removing it detaches them again. Also prints what attaching and
-/// detaching cost.
+/// without a restart; removing it detaches them again. Each step moves the daemon's program
+/// metrics (attach/detach steps and programs, the step's time, the kinds attached). Also
+/// prints what attaching and detaching cost.
 #[test]
 fn kernel_programs_follow_the_subscriptions() {
     if skip("kernel_programs_follow_the_subscriptions") {
@@ -133,15 +89,16 @@ fn kernel_programs_follow_the_subscriptions() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let h = Harness::new("");
-    let mut source = EbpfSource::load(EbpfConfig {
+    let source = EbpfSource::load(EbpfConfig {
         on_demand: true,
         ..EbpfConfig::default()
     })
     .unwrap();
     assert!(source.failed().is_empty(), "{:?}", source.failed());
     assert_eq!(open_programs_linked(), 0, "{:?}", linked_programs());
-    let counters = source.counters();
-    source.attach(&h.daemon);
+    let routes = source.routes();
+    let running = KernelDaemon::start(&h, source);
+    let (counters, probes, m) = (&running.counters, &running.probes, &h.daemon.metrics);
     let linked = linked_programs();
     assert_eq!(
         open_programs_linked(),
@@ -154,20 +111,24 @@ fn kernel_programs_follow_the_subscriptions() {
             "lifecycle program {always} not linked: {linked:?}"
         );
     }
-    if source.routes().argv_from_mm && source.routes().exit_code_from_task {
+    if routes.argv_from_mm && routes.exit_code_from_task {
         assert!(
             !linked.iter().any(|n| n.starts_with("sys_")),
             "a syscall tracepoint is linked with no subscriber: {linked:?}"
         );
     }
-    let probes = source.probes();
     assert!(!probes.lock().unwrap().is_attached("sys_enter_openat"));
-    let pipeline = h.start();
-    let stop = StopFlag::default();
-    let reader = {
-        let (sink, stop) = (pipeline.sink(), stop.clone());
-        std::thread::spawn(move || source.run(&*sink, &stop).unwrap())
-    };
+    // Following the registry reported every subscribable kind, none attached, no step yet.
+    for kind in ["file_open", "net_connect", "fd_dup"] {
+        assert_eq!(m.kind_attached(kind), Some(false), "{kind}");
+    }
+    assert_eq!(
+        m.kind_attached("exec"),
+        None,
+        "lifecycle kinds are not listed"
+    );
+    assert_eq!(m.program_changes(ProgramChange::Attach), 0);
+    assert_eq!(m.program_changes(ProgramChange::Detach), 0);
     let watched = file(WATCHED, "follow");
     let runs = |k: &palisade::ebpf::KernelCounters| {
         k.emitted_of(EventKind::FileOpen) + k.filtered_of(EventKind::FileOpen)
@@ -184,6 +145,20 @@ fn kernel_programs_follow_the_subscriptions() {
     h.install(&test_plugin("path-watch"), "path-watch", None);
     h.load(1);
     assert_eq!(open_programs_linked(), 8, "{:?}", linked_programs());
+    assert_eq!(m.program_changes(ProgramChange::Attach), 1);
+    assert_eq!(m.programs_changed(ProgramChange::Attach), 8);
+    assert!(m.last_program_change(ProgramChange::Attach).unwrap() > Duration::ZERO);
+    assert_eq!(m.program_changes(ProgramChange::Detach), 0);
+    assert_eq!(m.kind_attached("file_open"), Some(true));
+    assert_eq!(m.kind_attached("net_connect"), Some(false));
+    let text = m.encode();
+    for line in [
+        "palisade_kernel_program_changes_total{change=\"attach\"} 1",
+        "palisade_kernel_programs_changed_total{change=\"attach\"} 8",
+        "palisade_kernel_kind_attached{kind=\"file_open\"} 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in the metrics:\n{text}");
+    }
     open_n(&watched, 1);
     h.captured.wait_for(
         Duration::from_secs(5),
@@ -194,6 +169,11 @@ fn kernel_programs_follow_the_subscriptions() {
 
     // Removed: detached again.
     assert!(h.daemon.registry.remove("path-watch").is_some());
+    assert_eq!(m.program_changes(ProgramChange::Detach), 1);
+    assert_eq!(m.programs_changed(ProgramChange::Detach), 8);
+    assert!(m.last_program_change(ProgramChange::Detach).is_some());
+    assert_eq!(m.program_changes(ProgramChange::Attach), 1);
+    assert_eq!(m.kind_attached("file_open"), Some(false));
     wait_open_linked(0, "after the unload");
     let k2 = counters.read();
     open_n(&watched, 20);
@@ -231,9 +211,7 @@ fn kernel_programs_follow_the_subscriptions() {
             .unwrap_or_default()
             .trim()
     ));
-    stop.stop();
-    reader.join().unwrap();
-    drop(pipeline);
+    drop(running);
 }
 
 /// A source loaded with everything attached (what a source nobody narrows needs) detaches
@@ -257,6 +235,11 @@ fn an_attach_all_source_detaches_what_nobody_subscribes_to() {
     source.attach(&h.daemon);
     let probes = source.probes();
     assert!(!probes.lock().unwrap().is_attached("sys_enter_connect"));
+    let m = &h.daemon.metrics;
+    assert_eq!(m.program_changes(ProgramChange::Detach), 1);
+    assert_eq!(m.program_changes(ProgramChange::Attach), 0);
+    assert_eq!(m.kind_attached("file_open"), Some(true));
+    assert_eq!(m.kind_attached("net_connect"), Some(false));
     assert!(probes.lock().unwrap().settle().is_empty());
     let linked = linked_programs();
     assert_eq!(open_programs_linked(), 8, "{linked:?}");
@@ -265,8 +248,89 @@ fn an_attach_all_source_detaches_what_nobody_subscribes_to() {
         "connect is subscribed by nobody: {linked:?}"
     );
     assert!(h.daemon.registry.remove("path-watch").is_some());
+    assert_eq!(m.program_changes(ProgramChange::Detach), 2);
+    assert_eq!(m.programs_changed(ProgramChange::Detach) as usize, {
+        let all = palisade::ebpf::PROBES.iter().filter(|p| p.kinds() != 0);
+        all.filter(|p| source.failed().iter().all(|(f, _)| f != &p.program))
+            .count()
+    });
     wait_open_linked(0, "after the unload");
     drop(source);
+}
+
+/// The same through the real `palisade run` and its `/metrics`: a subscribing plugin dropped
+/// into the watched plugin dir attaches the eight open programs (the daemon's own links, read
+/// from the kernel), removing the file detaches them, and the exported counters and the
+/// attached-kind gauge move with each step.
+#[test]
+fn the_daemon_exports_its_program_changes() {
+    if skip("the_daemon_exports_its_program_changes") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = tempfile::tempdir().unwrap();
+    let plugins = scratch.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let d = DaemonProcess::start(&plugins, scratch.path(), "", &[]);
+    let open_attached = |m: &BTreeMap<String, f64>| {
+        m.get("palisade_kernel_kind_attached{kind=\"file_open\"}")
+            .copied()
+    };
+    // Attach and detach steps so far, each moving the eight open programs.
+    let expect_steps = |m: &BTreeMap<String, f64>, attach: f64, detach: f64| {
+        for (change, steps) in [("attach", attach), ("detach", detach)] {
+            let sample = |family: &str| {
+                m.get(&format!("palisade_{family}_total{{change=\"{change}\"}}"))
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            assert_eq!(sample("kernel_program_changes"), steps, "{change}: {m:#?}");
+            assert_eq!(
+                sample("kernel_programs_changed"),
+                8.0 * steps,
+                "{change}: {m:#?}"
+            );
+        }
+    };
+    let daemon_open_links = || open_programs_in(&daemon::linked_programs(d.pid()));
+    let wait = Duration::from_secs(30);
+    d.wait_metrics("file_open reported unattached", wait, |m| {
+        open_attached(m) == Some(0.0)
+    });
+    assert_eq!(daemon_open_links(), 0);
+
+    // Dropped in whole (renamed into place), as an operator's deploy would.
+    let staged = scratch.path().join("path-watch.wasm");
+    std::fs::copy(test_plugin("path-watch"), &staged).unwrap();
+    std::fs::rename(&staged, plugins.join("path-watch.wasm")).unwrap();
+    let m = d.wait_metrics("the open programs attached", wait, |m| {
+        open_attached(m) == Some(1.0)
+    });
+    expect_steps(&m, 1.0, 0.0);
+    assert!(m["palisade_kernel_program_change_seconds{change=\"attach\"}"] > 0.0);
+    assert_eq!(
+        daemon_open_links(),
+        8,
+        "{:?}",
+        daemon::linked_programs(d.pid())
+    );
+
+    std::fs::remove_file(plugins.join("path-watch.wasm")).unwrap();
+    let m = d.wait_metrics("the open programs detached", wait, |m| {
+        open_attached(m) == Some(0.0)
+    });
+    expect_steps(&m, 1.0, 1.0);
+    // The kernel releases detached links on a background thread (grace periods).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while daemon_open_links() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            daemon::linked_programs(d.pid())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.stop();
 }
 
 /// The hook the kernel side relies on for "no blind window": a `before_publish` listener sees

@@ -28,125 +28,25 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/root.rs"]
 mod root;
+use daemon::{sum, DaemonProcess};
 use root::is_root;
-
-/// A running daemon and its metrics address.
-struct Daemon {
-    child: Child,
-    metrics: SocketAddr,
-}
-
-impl Daemon {
-    fn start(plugins: &Path, scratch: &Path) -> Self {
-        // A free port: bind, read, release (the daemon binds it a moment later).
-        let metrics = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        // PALISADE_BENCH_QUEUE overrides engine.queue_capacity (to see what buffer a burst needs).
-        let config = scratch.join("palisade.toml");
-        let queue = std::env::var("PALISADE_BENCH_QUEUE").unwrap_or_else(|_| "8192".to_owned());
-        std::fs::write(
-            &config,
-            format!("version = 1\n[engine]\nqueue_capacity = {queue}\n"),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["--log-level", "info", "run", "--no-watch", "--config"])
-            .arg(&config)
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache-dir")
-            .arg(cache_dir())
-            .arg("--audit-log")
-            .arg(scratch.join("audit.jsonl"))
-            .arg("-o")
-            .arg(scratch.join("alerts.jsonl"))
-            .arg("--metrics-addr")
-            .arg(metrics.to_string())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut log = String::new();
-        while !log.contains("palisade running") {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "the daemon exited before running:\n{log}"
-            );
-            log.push_str(&line);
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
-        Daemon { child, metrics }
-    }
-
-    /// Every sample of the daemon's metrics, by its full name with labels.
-    fn scrape(&self) -> BTreeMap<String, f64> {
-        let mut stream = TcpStream::connect(self.metrics).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.metrics
-        )
-        .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let close = stat.rfind(')').unwrap();
-        let f: Vec<u64> = stat[close + 2..]
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        (f[11] + f[12]) as f64 / 100.0
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap();
-    }
-}
-
-/// Sum of the samples whose name starts with `prefix` and contains every label in `labels`.
-fn sum(m: &BTreeMap<String, f64>, prefix: &str, labels: &[&str]) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.starts_with(prefix) && labels.iter().all(|l| k.contains(l)))
-        .map(|(_, v)| v)
-        .sum()
-}
 
 /// Runs `op` in a tight loop for `secs`; returns the iterations done.
 fn tight_loop(secs: f64, mut op: impl FnMut()) -> u64 {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut n = 0u64;
-    while n % 256 != 0 || Instant::now() < deadline {
+    while !n.is_multiple_of(256) || Instant::now() < deadline {
         op();
         n += 1;
     }
@@ -208,7 +108,15 @@ fn bench_kernel_to_plugin() {
         if sidecar.exists() {
             std::fs::copy(&sidecar, dir.join(format!("{plugin}.toml"))).unwrap();
         }
-        let daemon = Daemon::start(&dir, scratch.path());
+        // PALISADE_BENCH_QUEUE overrides engine.queue_capacity (to see what buffer a burst
+        // needs).
+        let queue = std::env::var("PALISADE_BENCH_QUEUE").unwrap_or_else(|_| "8192".to_owned());
+        let daemon = DaemonProcess::start(
+            &dir,
+            scratch.path(),
+            &format!("[engine]\nqueue_capacity = {queue}"),
+            &["--no-watch"],
+        );
         // Let start-up work (instance creation on the first batch) settle.
         std::thread::sleep(Duration::from_millis(500));
         let before = daemon.scrape();

@@ -7,7 +7,8 @@
 //! Usage: [`EbpfSource::load`] (needs root: CAP_BPF + CAP_PERFMON, tracefs) attaches everything
 //! before returning, so events caused after it returns are seen; then [`EventSource::run`]
 //! reads until stopped. Once it follows a registry ([`EbpfSource::follow`]), only the programs
-//! of kinds some plugin subscribes to stay attached (plus the lifecycle ones).
+//! of kinds some plugin subscribes to stay attached (plus the lifecycle ones); a source with no
+//! registry (`palisade record --kinds`) is narrowed to a plan with [`EbpfSource::narrow`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,7 +31,7 @@ mod reader;
 
 pub use decode::{decode, Clock, DecodeError};
 pub use drops::{DropWatch, DropWatchSettings};
-pub use filter::{FilterPlan, KernelFilter};
+pub use filter::{FilterError, FilterPlan, KernelFilter};
 pub use loader::{Need, Probe, ProbeChange, ProbeSet, Routes, PROBES};
 pub use procs::ProcessCache;
 
@@ -221,8 +222,8 @@ pub fn kernel_source(config: &crate::config::Config) -> Result<Box<dyn EventSour
     let source = EbpfSource::load(EbpfConfig {
         ring_bytes,
         on_demand: true,
-        ..EbpfConfig::default()
         poll_ms: config.source.drain_interval_ms,
+        ..EbpfConfig::default()
     })?;
     Ok(Box::new(source))
 }
@@ -361,6 +362,7 @@ impl EbpfSource {
         let follower = Arc::new(Follower {
             probes: Arc::downgrade(&self.probes),
             filter: self.filter.clone(),
+            metrics: Arc::clone(registry.metrics()),
             live: Mutex::new(Vec::new()),
             pending: Mutex::new(ProbeChange::default()),
         });
@@ -376,6 +378,29 @@ impl EbpfSource {
             settings,
         ));
     }
+
+    /// Narrows the kernel side to `plan` without a registry (`palisade record --kinds`):
+    /// attaches the programs of the kinds it needs, writes its filter maps, then detaches the
+    /// programs of every other kind. Lifecycle programs stay. Returns (attached, detached).
+    pub fn narrow(&self, plan: &FilterPlan) -> Result<(ProbeChange, ProbeChange), FilterError> {
+        let needed = needed_kinds(plan);
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        let attached = probes.attach_kinds(needed);
+        self.filter.apply(plan)?;
+        let detached = probes.retain_kinds(needed);
+        let failed = failures(&attached, &detached);
+        if !failed.is_empty() {
+            tracing::error!(failures = %failed.join("; "), "kernel programs could not be narrowed");
+        }
+        tracing::info!(
+            kinds = %kind_names(needed),
+            programs = %probes.attached().join(","),
+            programs_attached = attached.programs.len(),
+            programs_detached = detached.programs.len(),
+            "kernel programs narrowed"
+        );
+        Ok((attached, detached))
+    }
 }
 
 /// Kinds (bit `1 << kind`) whose programs `plan` needs: every kind it does not drop outright.
@@ -385,6 +410,16 @@ fn needed_kinds(plan: &FilterPlan) -> u32 {
         .enumerate()
         .filter(|(_, w)| **w & abi::FILTER_DROP == 0)
         .fold(0, |acc, (k, _)| acc | 1 << k)
+}
+
+/// "program (why)" for every program an attach and a detach step could not move.
+fn failures(attached: &ProbeChange, detached: &ProbeChange) -> Vec<String> {
+    attached
+        .failed
+        .iter()
+        .chain(&detached.failed)
+        .map(|(p, why)| format!("{p} ({why})"))
+        .collect()
 }
 
 fn kind_names(kinds: u32) -> String {
@@ -400,6 +435,8 @@ fn kind_names(kinds: u32) -> String {
 struct Follower {
     probes: Weak<Mutex<ProbeSet>>,
     filter: KernelFilter,
+    /// Where attach/detach steps and the attached kinds are counted.
+    metrics: Arc<crate::metrics::Metrics>,
     /// Subscriptions of the set last published.
     live: Mutex<Vec<crate::plugin::subscription::Subscription>>,
     /// What `prepare` attached for the set being published (logged with its detach step).
@@ -463,15 +500,11 @@ impl Follower {
         let mut probes = probes.lock().unwrap_or_else(|p| p.into_inner());
         let detached = probes.retain_kinds(needed);
         let attached = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let failed: Vec<String> = attached
-            .failed
-            .iter()
-            .chain(&detached.failed)
-            .map(|(p, why)| format!("{p} ({why})"))
-            .collect();
+        let failed = failures(&attached, &detached);
         if !failed.is_empty() {
             tracing::error!(failures = %failed.join("; "), "kernel programs could not follow the subscriptions");
         }
+        self.count(&probes, &attached, &detached);
         if attached.programs.is_empty() && detached.programs.is_empty() {
             return;
         }
@@ -485,6 +518,28 @@ impl Follower {
             detach_ms = detached.took.as_secs_f64() * 1e3,
             programs_now = probes.attached().len(),
             "kernel programs follow the subscriptions"
+        );
+    }
+
+    /// Mirrors one publish's steps and the kinds attached after it into the metrics.
+    fn count(&self, probes: &ProbeSet, attached: &ProbeChange, detached: &ProbeChange) {
+        use crate::metrics::ProgramChange;
+        for (change, step) in [
+            (ProgramChange::Attach, attached),
+            (ProgramChange::Detach, detached),
+        ] {
+            if !step.programs.is_empty() {
+                self.metrics
+                    .kernel_program_change(change, step.programs.len(), step.took);
+            }
+        }
+        let now = probes.attached_kinds();
+        let gated = PROBES.iter().fold(0, |acc, p| acc | p.kinds());
+        self.metrics.kernel_kinds_attached(
+            EventKind::ALL
+                .iter()
+                .filter(|k| gated & (1 << **k as u32) != 0)
+                .map(|k| (k.as_str(), now & (1 << *k as u32) != 0)),
         );
     }
 }
@@ -516,6 +571,7 @@ impl EventSource for EbpfSource {
             stats: &self.stats,
             own_pid: std::process::id(),
             watch: self.watch.as_mut(),
+            burst: Vec::with_capacity(reader::BURST),
         };
         let events = reader.run(sink, stop);
         let counters = self.counters.read();
@@ -533,4 +589,3 @@ impl EventSource for EbpfSource {
         })
     }
 }
-            burst: Vec::with_capacity(reader::BURST),
