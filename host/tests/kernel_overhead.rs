@@ -21,7 +21,8 @@
 //! targets (>= 0.97x exec loop and build, >= 0.85x open loop, daemon with one subscribed), and a
 //! JSON line. `PALISADE_BENCH_ROUNDS` (default 3) and `PALISADE_BENCH_SECS` (default 3) tune it;
 //! everything runs at nice `PALISADE_BENCH_NICE` (default -15) so concurrent builds on the
-//! machine disturb the comparison less.
+//! machine disturb the comparison less. `PALISADE_BENCH_WORKLOADS` (e.g. `exec,open`) runs a
+//! subset; `PALISADE_BENCH_DRAIN_MS` sets the daemon's `source.drain_interval_ms`.
 //!
 //! Then, unless `PALISADE_BENCH_BPF_STATS=0`, one more pass per workload with each daemon
 //! configuration and the kernel's BPF run-time statistics on (not counted in the ratios: the
@@ -256,8 +257,18 @@ fn auditctl(args: &[&str]) {
 }
 
 fn start_daemon(plugins: &Path, scratch: &Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["--log-level", "info", "run", "--no-watch"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command.args(["--log-level", "info", "run", "--no-watch"]);
+    if let Ok(drain_ms) = std::env::var("PALISADE_BENCH_DRAIN_MS") {
+        let config = scratch.join("palisade.toml");
+        std::fs::write(
+            &config,
+            format!("version = 1\n[source]\ndrain_interval_ms = {drain_ms}\n"),
+        )
+        .unwrap();
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .arg("--plugins")
         .arg(plugins)
         .arg("--cache-dir")
@@ -561,7 +572,13 @@ fn bench_overhead() {
         }
         dir
     };
-    let workloads = [Workload::Open, Workload::Exec, Workload::Build];
+    let workloads: Vec<Workload> = [Workload::Open, Workload::Exec, Workload::Build]
+        .into_iter()
+        .filter(|w| {
+            std::env::var("PALISADE_BENCH_WORKLOADS")
+                .map_or(true, |only| only.split(',').any(|k| k.trim() == w.key()))
+        })
+        .collect();
     // rates[workload][config] = one sample per round; cpu likewise (daemon/auditd CPU share).
     let mut rates = vec![vec![Vec::new(); CONFIGS.len()]; workloads.len()];
     let mut cpu = vec![vec![Vec::new(); CONFIGS.len()]; workloads.len()];

@@ -2,7 +2,7 @@
 //! it on release. A workload (cgroup id, container id or cgroup path) is resolved to a cgroup
 //! v2 directory, whose `cgroup.freeze` is set, or failing that to a cgroup v1 freezer directory,
 //! whose `freezer.state` is set; the request then waits (bounded) until the kernel reports the
-//! whole cgroup frozen. The hierarchies are found from /proc/mounts, never assumed. It refuses
+//! whole cgroup frozen. The hierarchies are found from the mount table, never assumed. It refuses
 //! the root cgroup and any cgroup that contains the daemon itself (freezing it would freeze
 //! the daemon, and with it every later thaw).
 
@@ -73,30 +73,28 @@ pub struct CgroupLayout {
 }
 
 impl CgroupLayout {
-    /// Reads /proc/mounts and /proc/self/cgroup.
+    /// Reads /proc/self/mountinfo and /proc/self/cgroup. An unreadable mount table leaves
+    /// both hierarchies unknown (freezing is then refused), and says why.
     pub fn detect() -> CgroupLayout {
-        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mounts = crate::mountinfo::read_self().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cgroup hierarchies unknown: freeze unavailable");
+            Vec::new()
+        });
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        CgroupLayout::from_texts(&mounts, &own)
+        CgroupLayout::from_mounts(&mounts, &own)
     }
 
-    fn from_texts(mounts: &str, self_cgroup: &str) -> CgroupLayout {
+    fn from_mounts(mounts: &[crate::mountinfo::Mount], self_cgroup: &str) -> CgroupLayout {
         let mut layout = CgroupLayout::default();
-        for line in mounts.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(dir), Some(fstype), Some(opts)) =
-                (fields.get(1), fields.get(2), fields.get(3))
-            else {
-                continue;
-            };
-            let dir = PathBuf::from(unescape_mount(dir));
-            match *fstype {
-                "cgroup2" if layout.v2_root.is_none() => layout.v2_root = Some(dir),
-                "cgroup"
-                    if opts.split(',').any(|o| o == "freezer")
-                        && layout.v1_freezer_root.is_none() =>
-                {
-                    layout.v1_freezer_root = Some(dir);
+        for mount in mounts {
+            // A v1 hierarchy names its controllers in the superblock options.
+            let freezer = || mount.super_options.split(',').any(|o| o == "freezer");
+            match mount.fstype.as_str() {
+                "cgroup2" if layout.v2_root.is_none() => {
+                    layout.v2_root = Some(mount.mount_point.clone());
+                }
+                "cgroup" if layout.v1_freezer_root.is_none() && freezer() => {
+                    layout.v1_freezer_root = Some(mount.mount_point.clone());
                 }
                 _ => {}
             }
@@ -121,28 +119,6 @@ impl CgroupLayout {
         }
         layout
     }
-}
-
-/// /proc/mounts escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mount(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let (b'\\', Some(d)) = (bytes[i], octal) {
-            let v =
-                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// See the module docs.
@@ -462,36 +438,32 @@ mod tests {
     use super::*;
 
     const MOUNTS: &str = "\
-tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
-cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
-cgroup /sys/fs/cgroup/freezer cgroup rw,relatime,freezer 0 0
-cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+25 20 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,cpu
+28 25 0:25 / /sys/fs/cgroup/free\\040zer rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,freezer
 ";
+
+    fn layout(self_cgroup: &str) -> CgroupLayout {
+        CgroupLayout::from_mounts(&crate::mountinfo::parse(MOUNTS).unwrap(), self_cgroup)
+    }
 
     #[test]
     fn layout_from_mounts_and_self_cgroup() {
-        let l = CgroupLayout::from_texts(
-            MOUNTS,
-            "6:freezer:/a\n1:cpu:/\n0::/system.slice/palisade.service\n",
-        );
+        let l = layout("6:freezer:/a\n1:cpu:/\n0::/system.slice/palisade.service\n");
         assert_eq!(l.v2_root, Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(
             l.v1_freezer_root,
-            Some(PathBuf::from("/sys/fs/cgroup/freezer"))
+            Some(PathBuf::from("/sys/fs/cgroup/free zer")),
+            "escapes undone"
         );
         assert_eq!(
             l.own,
             vec![
-                PathBuf::from("/sys/fs/cgroup/freezer/a"),
+                PathBuf::from("/sys/fs/cgroup/free zer/a"),
                 PathBuf::from("/sys/fs/cgroup/unified/system.slice/palisade.service"),
             ]
         );
-    }
-
-    #[test]
-    fn mount_escapes_are_undone() {
-        assert_eq!(unescape_mount(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mount(r"/plain"), "/plain");
     }
 
     #[test]
@@ -506,7 +478,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn root_daemon_ancestors_and_bad_paths_are_refused() {
-        let layout = CgroupLayout::from_texts(MOUNTS, "0::/system.slice/palisade.service\n");
+        let layout = layout("0::/system.slice/palisade.service\n");
         let f = FreezeActuator::with_layout(layout);
         let refuse = |dir: &str| {
             f.check_allowed(&FreezeTarget {
