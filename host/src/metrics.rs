@@ -273,6 +273,8 @@ pub struct Metrics {
     pub kernel_program_changes_total: Family<ChangeLabels, Counter>,
     pub kernel_programs_changed_total: Family<ChangeLabels, Counter>,
     pub kernel_program_change_seconds: Family<ChangeLabels, Gauge<f64, AtomicU64>>,
+    /// What the kernel took to release the links of the last detach step (its grace periods).
+    pub kernel_program_release_seconds: Gauge<f64, AtomicU64>,
     /// 1 while a subscribable kind has kernel programs attached, else 0 (lifecycle kinds are
     /// always attached and not listed).
     pub kernel_kind_attached: Family<KindLabels, Gauge>,
@@ -319,6 +321,7 @@ impl Metrics {
         let kernel_program_change_seconds =
             Family::<ChangeLabels, Gauge<f64, AtomicU64>>::default();
         let kernel_kind_attached = Family::<KindLabels, Gauge>::default();
+        let kernel_program_release_seconds = Gauge::<f64, AtomicU64>::default();
         let audit_errors_total = Counter::default();
 
         // Names are given without `_total`: prometheus-client appends it to counters.
@@ -428,6 +431,11 @@ impl Metrics {
             kernel_program_change_seconds.clone(),
         );
         registry.register(
+            "kernel_program_release_seconds",
+            "Time the kernel took to release the programs of the last detach step (grace periods; after the step, off the registry's path)",
+            kernel_program_release_seconds.clone(),
+        );
+        registry.register(
             "kernel_kind_attached",
             "1 while a subscribable event kind has kernel programs attached, 0 otherwise",
             kernel_kind_attached.clone(),
@@ -469,6 +477,7 @@ impl Metrics {
             kernel_program_changes_total,
             kernel_programs_changed_total,
             kernel_program_change_seconds,
+            kernel_program_release_seconds,
             kernel_kind_attached,
             audit_errors_total,
             alert_series: AtomicUsize::new(0),
@@ -819,6 +828,11 @@ impl Metrics {
             .map(|g| Duration::from_secs_f64(g.get().max(0.0)))
     }
 
+    /// What the kernel took to release the last detached programs (zero before the first).
+    pub fn last_program_release(&self) -> Duration {
+        Duration::from_secs_f64(self.kernel_program_release_seconds.get().max(0.0))
+    }
+
     /// Whether `kind`'s programs are attached, as last reported (`None`: never reported).
     pub fn kind_attached(&self, kind: &str) -> Option<bool> {
         self.kernel_kind_attached
@@ -1020,6 +1034,8 @@ mod tests {
         m.kernel_program_change(ProgramChange::Attach, 1, Duration::from_micros(250));
         m.kernel_program_change(ProgramChange::Detach, 9, Duration::from_millis(2));
         m.kernel_kinds_attached([("file_open", true), ("net_connect", false)]);
+        assert_eq!(m.last_program_release(), Duration::ZERO);
+        m.kernel_program_release_seconds.set(0.4);
         assert_eq!(m.program_changes(ProgramChange::Attach), 2);
         assert_eq!(m.programs_changed("attach"), 9);
         assert_eq!(m.program_changes(ProgramChange::Detach), 1);
@@ -1037,6 +1053,7 @@ mod tests {
             "palisade_kernel_program_change_seconds{change=\"detach\"} 0.002",
             "palisade_kernel_kind_attached{kind=\"file_open\"} 1",
             "palisade_kernel_kind_attached{kind=\"net_connect\"} 0",
+            "palisade_kernel_program_release_seconds 0.4",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

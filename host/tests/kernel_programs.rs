@@ -175,6 +175,12 @@ fn kernel_programs_follow_the_subscriptions() {
     assert_eq!(m.program_changes(ProgramChange::Attach), 1);
     assert_eq!(m.kind_attached("file_open"), Some(false));
     wait_open_linked(0, "after the unload");
+    // The release thread reports what the kernel took once the links are gone.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while m.last_program_release().is_zero() {
+        assert!(Instant::now() < deadline, "no release time reported");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let k2 = counters.read();
     open_n(&watched, 20);
     assert_eq!(
@@ -320,6 +326,10 @@ fn the_daemon_exports_its_program_changes() {
         open_attached(m) == Some(0.0)
     });
     expect_steps(&m, 1.0, 1.0);
+    d.wait_metrics("the kernel's release time", wait, |m| {
+        m.get("palisade_kernel_program_release_seconds")
+            .is_some_and(|s| *s > 0.0)
+    });
     // The kernel releases detached links on a background thread (grace periods).
     let deadline = Instant::now() + Duration::from_secs(3);
     while daemon_open_links() != 0 {

@@ -197,7 +197,7 @@ fn record_kinds_exec_attaches_only_the_lifecycle_programs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exec.jsonl");
-    let (recorder, stderr, log) = start_recording(&file, "1.5", "exec");
+    let (recorder, stderr, log) = start_recording(&file, "2", "exec");
     let mut linked = linked_programs(recorder.id());
     linked.sort();
     let lifecycle: Vec<String> = palisade::ebpf::PROBES

@@ -351,6 +351,7 @@ pub fn load(opts: LoadOptions) -> Result<Loaded, EbpfError> {
             links,
             open_at_exit,
             releasing: None,
+            on_released: None,
         },
         ring,
         counters,
@@ -384,7 +385,13 @@ pub struct ProbeSet {
     /// The thread releasing the links [`ProbeSet::retain_kinds`] took out; joined before
     /// anything is attached again, so a program never runs twice per event.
     releasing: Option<JoinHandle<Vec<(&'static str, String)>>>,
+    /// Told how long each background release took (the kernel's grace periods), from the
+    /// release thread.
+    on_released: Option<ReleaseListener>,
 }
+
+/// Called with the time the kernel took to release one [`ProbeSet::retain_kinds`] step's links.
+pub type ReleaseListener = std::sync::Arc<dyn Fn(Duration) + Send + Sync>;
 
 impl Drop for ProbeSet {
     fn drop(&mut self) {
@@ -393,6 +400,11 @@ impl Drop for ProbeSet {
 }
 
 impl ProbeSet {
+    /// Sets who is told how long each background release of detached links took.
+    pub fn on_released(&mut self, listener: ReleaseListener) {
+        self.on_released = Some(listener);
+    }
+
     /// Whether `program` is attached now.
     pub fn is_attached(&self, program: &str) -> bool {
         self.links.contains_key(program)
@@ -512,9 +524,17 @@ impl ProbeSet {
         }
         if !groups.is_empty() {
             change.failed.extend(self.settle());
+            let listener = self.on_released.clone();
             let spawned = std::thread::Builder::new()
                 .name("ebpf-detach".into())
-                .spawn(move || release(groups));
+                .spawn(move || {
+                    let started = Instant::now();
+                    let failed = release(groups);
+                    if let Some(listener) = listener {
+                        listener(started.elapsed());
+                    }
+                    failed
+                });
             match spawned {
                 Ok(thread) => self.releasing = Some(thread),
                 // Without a thread the links were dropped (released) in the failed spawn's

@@ -366,6 +366,15 @@ impl EbpfSource {
             live: Mutex::new(Vec::new()),
             pending: Mutex::new(ProbeChange::default()),
         });
+        let metrics = Arc::clone(registry.metrics());
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_released(Arc::new(move |took| {
+                metrics
+                    .kernel_program_release_seconds
+                    .set(took.as_secs_f64());
+            }));
         let before = Arc::clone(&follower);
         registry.before_publish(Box::new(move |set| before.prepare(set)));
         registry.on_publish(Box::new(move |set| follower.published(set)));
