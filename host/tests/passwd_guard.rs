@@ -17,6 +17,12 @@
 //! `bench_kill_latency` (ignored; `sudo cargo test --release -p palisade-host --test
 //! passwd_guard -- --ignored --nocapture bench_kill_latency`) measures alert-to-death latency
 //! p50/p99 (`PALISADE_BENCH_RUNS`, default 200).
+//!
+//! With kill-critical's `block-exec` option set (and granted), the offender is a dropped copy
+//! of a shell: after the kill its executable is blocked, and its next exec dies of SIGKILL
+//! before running while an identical copy elsewhere runs
+//! (`offender_is_killed_and_its_binary_blocked_from_running_again`). `bench_block_exec_latency`
+//! (ignored, same command with that name) measures alert-to-block-in-force p50/p99.
 #![cfg(feature = "ebpf")]
 #![expect(
     clippy::unwrap_used,
@@ -35,6 +41,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use palisade_common::enforce::{BLOCK_PATH_LEN, MAP_BLOCK_EXEC};
 use serde_json::Value;
 
 /// The scenario's promise: the writer is dead this soon after the kernel event.
@@ -448,7 +455,12 @@ struct Victim {
 
 impl Victim {
     fn start() -> Victim {
-        let mut child = Command::new("/bin/sh")
+        Victim::start_with(Path::new("/bin/sh"))
+    }
+
+    /// The same child run by `shell` (a copy of a shell, so the alert's `exe` is the copy).
+    fn start_with(shell: &Path) -> Victim {
+        let mut child = Command::new(shell)
             .args(["-c", "exec 3>>/etc/passwd; exec sleep 30"])
             .stdin(Stdio::null())
             .spawn()
@@ -765,6 +777,328 @@ fn bench_kill_latency() {
             "runs": runs,
             "alert_to_dead_ms": {"p50": percentile(&from_alert, 50.0), "p99": percentile(&from_alert, 99.0), "max": from_alert[from_alert.len() - 1]},
             "event_to_dead_ms": {"p50": percentile(&from_event, 50.0), "p99": percentile(&from_event, 99.0), "max": from_event[from_event.len() - 1]},
+        })
+    );
+}
+
+/// A bpffs directory for one daemon's block-exec maps (`actions.bpf_pin_dir`), so a test never
+/// shares the host's pins; emptied and removed on drop (after the daemon, which detaches the
+/// exec program when it exits: declare this before the daemon).
+struct BpfPins(PathBuf);
+
+impl BpfPins {
+    fn new() -> BpfPins {
+        BpfPins(PathBuf::from(format!(
+            "/sys/fs/bpf/palisade-passwd-guard-{}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for BpfPins {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The example plus kill-critical's `block-exec` option: the responder may also block exec,
+/// and blocks the executable of a selected alert's process when it matches
+/// `<setup>/bin/dropped-*` (copies of a shell the test makes there; nothing else on the host).
+fn block_setup(webhook: SocketAddr, pins: &BpfPins, rate_limit: u32) -> Setup {
+    let setup = Setup::new(webhook, |c| {
+        c["grants"].as_table_mut().unwrap().insert(
+            "kill-critical".into(),
+            toml::Value::Array(vec![
+                "kill-process".into(),
+                "notify".into(),
+                "block-exec".into(),
+            ]),
+        );
+        let actions = c["actions"].as_table_mut().unwrap();
+        actions.insert("bpf_pin_dir".into(), pins.0.display().to_string().into());
+        actions.insert("rate_limit_per_minute".into(), i64::from(rate_limit).into());
+    });
+    std::fs::create_dir(setup.path("bin")).unwrap();
+    let sidecar = setup.path("plugins/kill-critical.toml");
+    let mut table: toml::Table = std::fs::read_to_string(&sidecar).unwrap().parse().unwrap();
+    let glob = setup.path("bin/dropped-*").display().to_string();
+    table["config"]
+        .as_table_mut()
+        .unwrap()
+        .insert("block-exec".into(), toml::Value::Array(vec![glob.into()]));
+    std::fs::write(&sidecar, toml::to_string(&table).unwrap()).unwrap();
+    setup
+}
+
+/// A copy of the system shell at `<setup>/bin/<name>`: a binary of its own (own inode), so a
+/// block on it stops nothing else.
+fn shell_copy(setup: &Setup, name: &str) -> PathBuf {
+    let path = setup.path("bin").join(name);
+    std::fs::copy("/bin/sh", &path).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs `shell -c ': > marker'`. `Ok(())`: it ran (the marker exists, removed again);
+/// `Err(status)`: it did not run its script (the marker does not exist).
+fn probe(shell: &Path, marker: &Path) -> Result<(), std::process::ExitStatus> {
+    let status = Command::new(shell)
+        .arg("-c")
+        .arg(format!(": > '{}'", marker.display()))
+        .stdin(Stdio::null())
+        .status()
+        .expect("the probe spawns (a blocked exec still forks)");
+    if marker.exists() {
+        std::fs::remove_file(marker).unwrap();
+        assert!(
+            status.success(),
+            "{} ran but failed: {status}",
+            shell.display()
+        );
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// Asserts the exec was blocked: killed by SIGKILL before its script ran.
+fn assert_blocked(shell: &Path, marker: &Path) {
+    let status = probe(shell, marker)
+        .map(|()| panic!("{} ran after the block", shell.display()))
+        .unwrap_err();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+}
+
+/// The chain alert -> responder -> block-exec -> next exec killed, on the real daemon: a
+/// dropped copy of a shell opens /etc/passwd for writing; `kill-critical` (with `block-exec`
+/// set) kills it and blocks its executable; the same binary then dies of SIGKILL before running
+/// its script, from the test or from another parent, while an identical copy elsewhere and the
+/// system shell still run. Audited, and the notification says so.
+#[test]
+fn offender_is_killed_and_its_binary_blocked_from_running_again() {
+    if skip("offender_is_killed_and_its_binary_blocked_from_running_again") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = std::fs::read("/etc/passwd").unwrap();
+    let receiver = Receiver::start("127.0.0.1:0");
+    let pins = BpfPins::new();
+    let setup = block_setup(receiver.addr, &pins, 60);
+    let dropped = shell_copy(&setup, "dropped-sh");
+    let twin = shell_copy(&setup, "twin-sh");
+    let marker = setup.path("marker");
+    let _daemon = Daemon::start(&setup, "daemon.log");
+    probe(&dropped, &marker).expect("the dropped shell runs before any alert");
+
+    let victim = Victim::start_with(&dropped);
+    let (_, status) = victim.wait_death(WAIT).expect("the writer was not killed");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    let alert = setup.wait_alert(victim.pid);
+    let id = alert["id"].as_str().unwrap();
+    let kill = setup.wait_audit("kill-process", id);
+    assert_eq!(kill["result"], "ok", "{kill}");
+    let block = setup.wait_audit("block-exec", id);
+    assert_eq!(
+        (&block["result"], &block["mode"], &block["responder"]),
+        (
+            &Value::from("ok"),
+            &Value::from("enforce"),
+            &Value::from("kill-critical")
+        ),
+        "{block}"
+    );
+    assert_eq!(block["target"]["path"], dropped.display().to_string());
+    assert!(
+        kill["ts_ns"].as_u64() <= block["ts_ns"].as_u64(),
+        "the kill goes first: {kill} {block}"
+    );
+    eprintln!(
+        "passwd-guard block-exec: alert -> block audited {:.1} ms",
+        block["ts_ns"]
+            .as_u64()
+            .unwrap()
+            .saturating_sub(alert["ts_ns"].as_u64().unwrap()) as f64
+            / 1e6
+    );
+
+    // The block is in force once audited: the next exec of the binary dies before running,
+    // whoever starts it.
+    assert_blocked(&dropped, &marker);
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "exec '{}' -c \": > '{}'\"",
+            dropped.display(),
+            marker.display()
+        ))
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(
+        !marker.exists(),
+        "the blocked binary ran from another parent"
+    );
+    // Same contents, another file; and the system shell: both run.
+    probe(&twin, &marker).expect("an identical copy elsewhere is not blocked");
+    probe(Path::new("/bin/sh"), &marker).expect("the system shell is not blocked");
+
+    let got = receiver.wait_for(id);
+    let message = got.body["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(&format!(
+            "killed pid {} (dropped-sh) with signal 9; blocked exec of {}",
+            victim.pid,
+            dropped.display()
+        )),
+        "{message}"
+    );
+    passwd_unchanged(&before);
+}
+
+/// The block-exec path map the daemon pinned under `pins`, once it exists (the first block of
+/// the daemon creates it).
+fn pinned_block_map(
+    pins: &BpfPins,
+) -> Option<aya::maps::HashMap<aya::maps::MapData, [u8; BLOCK_PATH_LEN], u64>> {
+    let data = aya::maps::MapData::from_pin(pins.0.join(MAP_BLOCK_EXEC)).ok()?;
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).ok()
+}
+
+/// The map's key for `path`: its bytes, zero-padded (as the daemon writes it).
+fn block_key(path: &Path) -> [u8; BLOCK_PATH_LEN] {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let mut key = [0u8; BLOCK_PATH_LEN];
+    key[..bytes.len()].copy_from_slice(bytes);
+    key
+}
+
+/// `PALISADE_BENCH_RUNS`, default 200.
+fn bench_runs() -> usize {
+    std::env::var("PALISADE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+/// Alert-to-block latency of block-exec through the real daemon: each run drops a fresh copy of
+/// a shell (which first runs, proving it is not blocked yet), runs it as a writer of
+/// /etc/passwd and polls the kernel map the exec program reads (pinned by the daemon, every
+/// ~50 µs) for the binary's path key: from that instant the block is in force, which one exec
+/// of the binary per run then proves (SIGKILL, its script never ran). Timed from the alert and
+/// from the kernel event to the key being in the map, and to the block-exec audit record
+/// (written after the state file is persisted). The first run (the daemon's first block loads
+/// and attaches the exec program) is reported apart.
+#[test]
+#[ignore = "benchmark"]
+fn bench_block_exec_latency() {
+    if skip("bench_block_exec_latency") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runs = bench_runs();
+    let receiver = Receiver::start("127.0.0.1:0");
+    let pins = BpfPins::new();
+    // The default rate limit (60 requests a minute) would refuse most runs.
+    let setup = block_setup(receiver.addr, &pins, 1_000_000);
+    let daemon = Daemon::start(&setup, "daemon.log");
+    let marker = setup.path("marker");
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let mut map = None;
+    let (mut in_map, mut in_map_event, mut audited, mut dead) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut first = None;
+    for run in 0..=runs {
+        let dropped = shell_copy(&setup, &format!("dropped-{run}"));
+        probe(&dropped, &marker).expect("a fresh copy runs before its alert");
+        let key = block_key(&dropped);
+        let victim = Victim::start_with(&dropped);
+        let t0 = Instant::now();
+        let blocked_at = loop {
+            if map.is_none() {
+                map = pinned_block_map(&pins);
+            }
+            if map.as_ref().is_some_and(|m| m.get(&key, 0).is_ok()) {
+                break now_ns();
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "run {run}: {} never blocked; audit: {:?}\n{}",
+                dropped.display(),
+                setup.audit().last(),
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        assert_blocked(&dropped, &marker);
+        let (died, _) = victim.wait_death(WAIT).expect("the writer was not killed");
+        let alert = setup.wait_alert(victim.pid);
+        let block = setup.wait_audit("block-exec", alert["id"].as_str().unwrap());
+        assert_eq!(block["result"], "ok", "{block}");
+        let (alert_ns, event_ns) = (
+            alert["ts_ns"].as_u64().unwrap(),
+            alert["event"]["ts_ns"].as_u64().unwrap(),
+        );
+        let ms = |to: u64, from: u64| to.saturating_sub(from) as f64 / 1e6;
+        let audit_ns = block["ts_ns"].as_u64().unwrap();
+        if run == 0 {
+            first = Some((ms(blocked_at, alert_ns), ms(audit_ns, alert_ns)));
+            continue;
+        }
+        in_map.push(ms(blocked_at, alert_ns));
+        in_map_event.push(ms(blocked_at, event_ns));
+        audited.push(ms(audit_ns, alert_ns));
+        dead.push(ms(died, alert_ns));
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let rows = [
+        (
+            "alert raised -> block in force (key in the kernel map)",
+            &mut in_map,
+        ),
+        ("kernel event -> block in force", &mut in_map_event),
+        (
+            "alert raised -> block-exec audited (after persisting)",
+            &mut audited,
+        ),
+        (
+            "alert raised -> offender dead (the kill before it)",
+            &mut dead,
+        ),
+    ];
+    println!("| block-exec latency ({runs} runs) | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    let mut json = serde_json::Map::new();
+    for (name, v) in rows {
+        v.sort_by(f64::total_cmp);
+        let (p50, p99, max) = (percentile(v, 50.0), percentile(v, 99.0), v[v.len() - 1]);
+        println!("| {name} | {p50:.2} | {p99:.2} | {max:.2} |");
+        json.insert(
+            name.into(),
+            serde_json::json!({"p50": p50, "p99": p99, "max": max}),
+        );
+    }
+    let (first_in_map, first_audited) = first.unwrap();
+    println!(
+        "| first block of the daemon (loads + attaches the exec program): alert -> in force / audited | {first_in_map:.2} / {first_audited:.2} | | |"
+    );
+    println!(
+        "load average before: {} after: {}",
+        load_before.trim(),
+        load_after.trim()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "block_exec_latency",
+            "runs": runs,
+            "ms": json,
+            "first_block_ms": {"alert_to_in_force": first_in_map, "alert_to_audited": first_audited},
+            "loadavg": {"before": load_before.trim(), "after": load_after.trim()},
         })
     );
 }
