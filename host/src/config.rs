@@ -42,7 +42,8 @@ debounce_ms = 200
 idle_release_secs = 300
 
 [engine]
-# Worker threads that run detectors, events sharded by process; 0 = one per CPU core.
+# Worker threads that run detectors, events sharded by process; 0 = CPU cores minus one
+# (the kernel reader's), at least one.
 workers = 0
 # Events buffered per worker queue; a full queue drops (and counts) instead of blocking.
 # 65536 covers ~160 ms of a 400k events/s burst (a worker descheduled on a busy node, a
@@ -50,8 +51,6 @@ workers = 0
 queue_capacity = 65536
 # Most events handed to a plugin in one call.
 batch_max = 256
-# How long a worker waits to fill a batch before calling plugins with what it has.
-batch_linger_ms = 5
 # Memory cap per plugin instance unless its sidecar says otherwise.
 default_memory_mib = 64
 # Time budget per batch call unless the sidecar says otherwise.
@@ -162,11 +161,11 @@ pub struct PluginsConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Worker threads, resolved: a configured 0 becomes the number of available cores.
+    /// Worker threads, resolved: a configured 0 becomes one less than the available cores (the
+    /// kernel reader has a thread of its own), at least one.
     pub workers: usize,
     pub queue_capacity: usize,
     pub batch_max: usize,
-    pub batch_linger_ms: u64,
     pub default_memory_mib: u64,
     pub default_deadline_ms: u64,
     pub init_deadline_ms: u64,
@@ -380,7 +379,7 @@ pub const ENV_VARS: [(&str, &str); 9] = [
 pub struct LoadEnv<'a> {
     /// Looks up an environment variable.
     pub var: &'a dyn Fn(&str) -> Option<String>,
-    /// What `engine.workers = 0` resolves to.
+    /// Available cores (`engine.workers = 0` resolves to one less).
     pub available_cores: usize,
 }
 
@@ -637,7 +636,6 @@ struct RawEngine {
     workers: Option<i64>,
     queue_capacity: Option<i64>,
     batch_max: Option<i64>,
-    batch_linger_ms: Option<i64>,
     default_memory_mib: Option<i64>,
     default_deadline_ms: Option<i64>,
     init_deadline_ms: Option<i64>,
@@ -1365,13 +1363,14 @@ fn resolve(raw: RawConfig, loc: &Locator<'_, '_>, cores: usize) -> Result<Config
     }
     let engine = EngineConfig {
         workers: if configured_workers == 0 {
-            cores.clamp(1, 256)
+            // Every worker with events wakes once per reader drain; on a small machine each
+            // extra one is taken from the workload (docs/performance.md, exec loop).
+            cores.saturating_sub(1).clamp(1, 256)
         } else {
             configured_workers
         },
         queue_capacity: int_in(loc, "engine.queue_capacity", e.queue_capacity, 1..=1 << 20)?,
         batch_max: int_in(loc, "engine.batch_max", e.batch_max, 1..=65_536)?,
-        batch_linger_ms: int_in(loc, "engine.batch_linger_ms", e.batch_linger_ms, 0..=1_000)?,
         default_memory_mib: int_in(
             loc,
             "engine.default_memory_mib",
@@ -1925,7 +1924,7 @@ mod tests {
             c.actions.audit_log,
             PathBuf::from("/var/log/palisade/audit.jsonl")
         );
-        assert_eq!(c.engine.workers, 4, "0 resolves to the core count");
+        assert_eq!(c.engine.workers, 3, "0 resolves to the core count minus the reader's");
         assert_eq!(c.engine.batch_max, 256);
         assert_eq!(c.engine.default_memory_mib, 64);
         assert_eq!(c.engine.default_deadline_ms, 100);

@@ -72,7 +72,7 @@ fn add_replace_broken_replace_and_delete_while_events_flow() {
         .with_test_writer()
         .with_env_filter("info")
         .try_init();
-    let h = Harness::new("[engine]\nworkers = 2\nbatch_max = 16\nbatch_linger_ms = 0\n");
+    let h = Harness::new("[engine]\nworkers = 2\nbatch_max = 16\n");
     let dir = h.plugins_dir();
     let _watch = h.daemon.watch_dir(dir.clone()).unwrap();
     let pipeline = h.start();

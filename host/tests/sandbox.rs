@@ -12,7 +12,7 @@ use palisade::plugin::registry::{LoadError, LoadRequest};
 use support::*;
 
 /// One event per batch, so a marker event fails only its own call.
-const ONE_PER_BATCH: &str = "[engine]\nworkers = 1\nbatch_max = 1\nbatch_linger_ms = 0\n";
+const ONE_PER_BATCH: &str = "[engine]\nworkers = 1\nbatch_max = 1\n";
 
 fn submit_all(h: &Harness, pipeline: &palisade::daemon::Pipeline, paths: &[&str]) {
     let p = process(4242, "victim", "/usr/bin/victim");

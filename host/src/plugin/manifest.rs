@@ -805,7 +805,6 @@ mod tests {
             workers: 1,
             queue_capacity: 1,
             batch_max: 1,
-            batch_linger_ms: 0,
             default_memory_mib: 64,
             default_deadline_ms: 100,
             init_deadline_ms: 5000,
