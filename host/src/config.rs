@@ -1924,7 +1924,10 @@ mod tests {
             c.actions.audit_log,
             PathBuf::from("/var/log/palisade/audit.jsonl")
         );
-        assert_eq!(c.engine.workers, 3, "0 resolves to the core count minus the reader's");
+        assert_eq!(
+            c.engine.workers, 3,
+            "0 resolves to the core count minus the reader's"
+        );
         assert_eq!(c.engine.batch_max, 256);
         assert_eq!(c.engine.default_memory_mib, 64);
         assert_eq!(c.engine.default_deadline_ms, 100);

@@ -10,9 +10,7 @@ use support::*;
 
 #[test]
 fn a_full_queue_drops_without_blocking_and_every_event_is_accounted_for() {
-    let h = Harness::new(
-        "[engine]\nworkers = 1\nqueue_capacity = 4\nbatch_max = 4\n",
-    );
+    let h = Harness::new("[engine]\nworkers = 1\nqueue_capacity = 4\nbatch_max = 4\n");
     h.install(&test_plugin("counter"), "counter", None);
     h.load(1);
     let pipeline = h.start();
