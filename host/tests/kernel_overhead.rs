@@ -43,7 +43,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +53,9 @@ use support::*;
 const ACTION_ENV: &str = "PALISADE_OVERHEAD_ACTION";
 const ARG_ENV: &str = "PALISADE_OVERHEAD_ARG";
 
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{cpu_secs, DaemonProcess};
 #[path = "support/root.rs"]
 mod root;
 use root::is_root;
@@ -200,23 +203,10 @@ fn run_build(dir: &Path) -> Sample {
     }
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let f: Vec<u64> = stat[close + 2..]
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
-}
-
 /// What runs beside the workload.
 enum Running {
     Nothing,
-    Daemon(Child),
+    Daemon(DaemonProcess),
     Auditd(Child),
 }
 
@@ -224,18 +214,15 @@ impl Running {
     fn pid(&self) -> Option<u32> {
         match self {
             Running::Nothing => None,
-            Running::Daemon(c) | Running::Auditd(c) => Some(c.id()),
+            Running::Daemon(d) => Some(d.pid()),
+            Running::Auditd(c) => Some(c.id()),
         }
     }
 
     fn stop(self) {
         match self {
             Running::Nothing => {}
-            Running::Daemon(mut child) => {
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                child.wait().unwrap();
-            }
+            Running::Daemon(daemon) => daemon.stop(),
             Running::Auditd(mut child) => {
                 auditctl(&["-D"]);
                 auditctl(&["-e", "0"]);
@@ -257,49 +244,12 @@ fn auditctl(args: &[&str]) {
 }
 
 fn start_daemon(plugins: &Path, scratch: &Path) -> Running {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
-    command.args(["--log-level", "info", "run", "--no-watch"]);
-    if let Ok(drain_ms) = std::env::var("PALISADE_BENCH_DRAIN_MS") {
-        let config = scratch.join("palisade.toml");
-        std::fs::write(
-            &config,
-            format!("version = 1\n[source]\ndrain_interval_ms = {drain_ms}\n"),
-        )
-        .unwrap();
-        command.arg("--config").arg(config);
-    }
-    let mut child = command
-        .arg("--plugins")
-        .arg(plugins)
-        .arg("--cache-dir")
-        .arg(cache_dir())
-        .arg("--audit-log")
-        .arg(scratch.join("audit.jsonl"))
-        .arg("-o")
-        .arg(scratch.join("alerts.jsonl"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the daemon exited before running:\n{log}"
-        );
-        log.push_str(&line);
-        if line.contains("palisade running") {
-            break;
-        }
-    }
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    settle(child.id());
-    Running::Daemon(child)
+    let config = std::env::var("PALISADE_BENCH_DRAIN_MS")
+        .map(|ms| format!("[source]\ndrain_interval_ms = {ms}"))
+        .unwrap_or_default();
+    let daemon = DaemonProcess::start(plugins, scratch, &config, &["--no-watch"]);
+    settle(daemon.pid());
+    Running::Daemon(daemon)
 }
 
 /// Waits until the daemon's start-up work (seeding the process cache from /proc, loading
