@@ -118,13 +118,17 @@ pub fn parse(text: &str) -> Result<Vec<Mount>, MountinfoError> {
         .collect()
 }
 
-/// The calling process's mounts ([`SELF_MOUNTINFO`]).
+/// The calling process's mounts ([`SELF_MOUNTINFO`]). The kernel writes bytes other than
+/// space, tab, newline and backslash raw, so one mount point that is not UTF-8 (any user can
+/// make one with a FUSE mount) must not make the whole table unreadable: such bytes become
+/// U+FFFD, that mount's paths then name nothing (lookups on it fail and it is skipped), and
+/// every other mount reads as before.
 pub fn read_self() -> Result<Vec<Mount>, MountinfoError> {
-    let text = std::fs::read_to_string(SELF_MOUNTINFO).map_err(|source| MountinfoError::Read {
+    let bytes = std::fs::read(SELF_MOUNTINFO).map_err(|source| MountinfoError::Read {
         path: PathBuf::from(SELF_MOUNTINFO),
         source,
     })?;
-    parse(&text)
+    parse(&String::from_utf8_lossy(&bytes))
 }
 
 /// `s` with `\ooo` escapes undone; a backslash not followed by three octal digits stays.

@@ -99,7 +99,7 @@ fn record_captures_exec_and_open_and_replays_through_detectors() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("capture.jsonl");
-    let (recorder, stderr, log) = start_recording(&file, "2", "exec,file_open,fork,exit");
+    let (recorder, stderr, log) = start_recording(&file, "5", "exec,file_open,fork,exit");
     // The open programs are attached (in the kernel's list), a kind not asked for is not.
     let linked = linked_programs(recorder.id());
     assert!(
@@ -197,7 +197,7 @@ fn record_kinds_exec_attaches_only_the_lifecycle_programs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exec.jsonl");
-    let (recorder, stderr, log) = start_recording(&file, "2", "exec");
+    let (recorder, stderr, log) = start_recording(&file, "5", "exec");
     let mut linked = linked_programs(recorder.id());
     linked.sort();
     let lifecycle: Vec<String> = palisade::ebpf::PROBES

@@ -796,6 +796,30 @@ impl Resolved {
         Ok(())
     }
 
+    /// A path rule's keys: the path, its canonical forms and the file's identity; but only
+    /// the path itself when it goes through a symlink not owned by root. Following such a
+    /// link would block what it points at: a responder answering an alert about
+    /// `/tmp/d/x -> /usr/bin/bash` would stop every shell on the host.
+    fn add_path_rule(&mut self, path: &str) -> Result<(), ActionError> {
+        let Some((link, uid)) = untrusted_symlink(Path::new(path)) else {
+            self.add_path_keys(path)?;
+            self.add_identity(Path::new(path));
+            return Ok(());
+        };
+        tracing::warn!(
+            path,
+            link = %link.display(),
+            owner_uid = uid,
+            "block-exec path goes through a symlink not owned by root: only this exact path \
+             string is blocked, not the file it leads to"
+        );
+        check_exec_path(path)?;
+        if !self.keys.paths.iter().any(|k| k == path) {
+            self.keys.paths.push(path.to_owned());
+        }
+        Ok(())
+    }
+
     /// Adds the identity of the file at `path`, when it is an existing regular file.
     fn add_identity(&mut self, path: &Path) {
         let mounts = self.mounts.get_or_insert_with(mount_devs);
@@ -1068,18 +1092,8 @@ fn is_bpffs(dir: &Path) -> bool {
 /// The keys that block `path`: itself, its canonical form, and its aliases through symlinked
 /// bin directories. `path` must be absolute and short enough for a key.
 pub fn exec_keys(path: &str) -> Result<Vec<String>, ActionError> {
+    check_exec_path(path)?;
     let p = Path::new(path);
-    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(ActionError::InvalidTarget(format!(
-            "block-exec path {path:?} must be absolute without `..`"
-        )));
-    }
-    if path_key(path).is_none() {
-        return Err(ActionError::InvalidTarget(format!(
-            "block-exec path {path:?} is longer than {} bytes",
-            abi::BLOCK_PATH_LEN - 2
-        )));
-    }
     let mut keys = BTreeSet::from([path.to_owned()]);
     if let Ok(canonical) = fs::canonicalize(p) {
         for alias in aliases(&canonical) {
@@ -1092,6 +1106,41 @@ pub fn exec_keys(path: &str) -> Result<Vec<String>, ActionError> {
         }
     }
     Ok(keys.into_iter().collect())
+}
+
+/// A block-exec path must be absolute, without `..`, and fit a path key.
+fn check_exec_path(path: &str) -> Result<(), ActionError> {
+    let p = Path::new(path);
+    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(ActionError::InvalidTarget(format!(
+            "block-exec path {path:?} must be absolute without `..`"
+        )));
+    }
+    if path_key(path).is_none() {
+        return Err(ActionError::InvalidTarget(format!(
+            "block-exec path {path:?} is longer than {} bytes",
+            abi::BLOCK_PATH_LEN - 2
+        )));
+    }
+    Ok(())
+}
+
+/// The first name along `path` that is a symlink not owned by root, with its owner. Each
+/// prefix is looked at as the kernel reaches it (earlier links followed). Not seen: links
+/// inside the target of a root-owned link (a root link pointing into a user's tree).
+fn untrusted_symlink(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut prefix = PathBuf::new();
+    for component in path.components() {
+        prefix.push(component);
+        let Ok(meta) = fs::symlink_metadata(&prefix) else {
+            return None;
+        };
+        if meta.file_type().is_symlink() && meta.uid() != 0 {
+            return Some((prefix, meta.uid()));
+        }
+    }
+    None
 }
 
 /// Names of `canonical` under each symlinked bin directory whose target contains it.
@@ -1195,10 +1244,7 @@ impl BlockExecActuator {
     fn resolve_pinned(&self, rule: &ExecMatch) -> Result<Resolved, ActionError> {
         let mut r = Resolved::default();
         match rule {
-            ExecMatch::Path(path) => {
-                r.add_path_keys(path)?;
-                r.add_identity(Path::new(path));
-            }
+            ExecMatch::Path(path) => r.add_path_rule(path)?,
             ExecMatch::Sha256(hash) => {
                 let hash = hash.to_ascii_lowercase();
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1459,6 +1505,38 @@ mod tests {
         assert!(path_key(&"a".repeat(abi::BLOCK_PATH_LEN - 2)).is_some());
         assert!(path_key(&"a".repeat(abi::BLOCK_PATH_LEN - 1)).is_none());
         assert!(path_key("a\0b").is_none());
+    }
+
+    #[test]
+    fn a_path_through_a_symlink_not_owned_by_root_blocks_only_that_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real");
+        fs::write(&target, b"#!/bin/sh\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let link_str = link.to_str().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            // A root-owned link is followed: the target's identity and canonical path too.
+            let mut r = Resolved::default();
+            r.add_path_rule(link_str).unwrap();
+            assert_eq!(r.keys.files.len(), 1, "{:?}", r.keys);
+            assert!(r.keys.paths.len() >= 2, "{:?}", r.keys);
+            let c = std::ffi::CString::new(link_str).unwrap();
+            // SAFETY: lchown on a NUL-terminated path we own.
+            assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+        }
+        assert_eq!(untrusted_symlink(&link).map(|(p, _)| p), Some(link.clone()));
+        let mut r = Resolved::default();
+        r.add_path_rule(link_str).unwrap();
+        assert_eq!(r.keys.paths, vec![link_str.to_owned()]);
+        assert!(
+            r.keys.files.is_empty(),
+            "identity of the target taken: {:?}",
+            r.keys
+        );
+        assert_eq!(untrusted_symlink(&target), None);
     }
 
     #[test]

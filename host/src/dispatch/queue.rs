@@ -30,6 +30,8 @@ struct Wake {
     sleeping: AtomicBool,
     /// The consumer's thread, registered the first time it sleeps.
     consumer: OnceLock<Thread>,
+    /// Set when the sender is gone: an empty channel looks the same open or closed.
+    closed: AtomicBool,
 }
 
 impl Wake {
@@ -97,6 +99,7 @@ impl<T> Drop for ShardSender<T> {
     /// Disconnects first, then wakes, so a sleeping consumer finds the queue closed at once.
     fn drop(&mut self) {
         drop(self.tx.take());
+        self.wake.closed.store(true, Ordering::SeqCst);
         self.wake.wake();
     }
 }
@@ -127,18 +130,28 @@ impl<T> ShardReceiver<T> {
         self.wake.sleeping.store(true, Ordering::SeqCst);
         // Pairs with the fence in `Wake::wake` (see there).
         fence(Ordering::SeqCst);
-        if !self.rx.is_empty() {
+        if self.has_news() {
             self.wake.sleeping.store(false, Ordering::SeqCst);
             return Wait::Ready;
         }
         std::thread::park_timeout(timeout);
         // Woken (flag cleared by the producer), timed out, or a spurious wake-up.
         let woken = !self.wake.sleeping.swap(false, Ordering::SeqCst);
-        if woken || !self.rx.is_empty() {
+        if woken || self.has_news() {
             Wait::Ready
         } else {
             Wait::TimedOut
         }
+    }
+
+    /// Items queued, or the sender gone (the next `try_recv` says which).
+    fn has_news(&self) -> bool {
+        !self.rx.is_empty() || self.wake.closed.load(Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    fn is_sleeping(&self) -> bool {
+        self.wake.sleeping.load(Ordering::SeqCst)
     }
 }
 
@@ -147,28 +160,35 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    /// Waits (bounded) until the consumer thread is parked in `wait`.
+    fn until_asleep(rx: &Arc<ShardReceiver<u32>>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rx.is_sleeping() {
+            assert!(
+                Instant::now() < deadline,
+                "the consumer never went to sleep"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn push_does_not_wake_until_asked() {
         let (tx, rx) = shard_queue::<u32>(8);
+        let rx = Arc::new(rx);
+        let consumer_rx = Arc::clone(&rx);
         let consumer = std::thread::spawn(move || {
-            let started = Instant::now();
-            let wait = rx.wait(Duration::from_secs(5));
-            (wait, started.elapsed(), rx.try_recv())
+            // A spurious wake-up with nothing new is not a wake: sleep again.
+            while consumer_rx.wait(Duration::from_secs(60)) == Wait::TimedOut {}
+            consumer_rx.try_recv()
         });
-        // Let the consumer fall asleep, then push without waking it.
-        std::thread::sleep(Duration::from_millis(100));
+        until_asleep(&rx);
         tx.push(7).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert!(!consumer.is_finished(), "a push alone woke the consumer");
         tx.wake();
-        let (wait, slept, got) = consumer.join().unwrap();
-        assert_eq!(wait, Wait::Ready);
-        assert_eq!(got, Ok(7));
-        assert!(slept >= Duration::from_millis(150), "woke after {slept:?}");
-        assert!(
-            slept < Duration::from_secs(4),
-            "the wake was lost: {slept:?}"
-        );
+        // Joins within the test's own time: a lost wake would park it for a minute.
+        assert_eq!(consumer.join().unwrap(), Ok(7));
     }
 
     #[test]
@@ -216,19 +236,31 @@ mod tests {
     #[test]
     fn dropping_the_sender_wakes_a_sleeping_consumer_into_disconnected() {
         let (tx, rx) = shard_queue::<u32>(2);
+        let rx = Arc::new(rx);
+        let consumer_rx = Arc::clone(&rx);
         let consumer = std::thread::spawn(move || {
             let started = Instant::now();
-            rx.wait(Duration::from_secs(10));
-            (started.elapsed(), rx.try_recv())
+            consumer_rx.wait(Duration::from_secs(60));
+            (started.elapsed(), consumer_rx.try_recv())
         });
-        std::thread::sleep(Duration::from_millis(100));
+        until_asleep(&rx);
         drop(tx);
         let (slept, got) = consumer.join().unwrap();
         assert_eq!(got, Err(TryRecvError::Disconnected));
         assert!(
-            slept < Duration::from_secs(5),
+            slept < Duration::from_secs(30),
             "the close was not seen: {slept:?}"
         );
+    }
+
+    #[test]
+    fn a_sender_dropped_before_the_consumer_sleeps_is_seen_at_once() {
+        let (tx, rx) = shard_queue::<u32>(2);
+        drop(tx);
+        let started = Instant::now();
+        assert_eq!(rx.wait(Duration::from_secs(60)), Wait::Ready);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
     }
 
     #[test]
