@@ -131,6 +131,27 @@ pub fn read_self() -> Result<Vec<Mount>, MountinfoError> {
     parse(&String::from_utf8_lossy(&bytes))
 }
 
+/// `statx(2)` of `path` relative to `dirfd` (the one raw call behind a file's mount id and
+/// device, for block-exec identities and the exec check's mount points).
+pub(crate) fn statx(
+    dirfd: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    flags: i32,
+    mask: u32,
+) -> std::io::Result<libc::statx> {
+    // SAFETY: all-zero is a valid `statx` (plain integers).
+    #[expect(unsafe_code, reason = "zeroed plain-data struct")]
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    #[expect(unsafe_code, reason = "statx has no safe wrapper in std")]
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stx` is writable; the kernel
+    // checks `dirfd`.
+    let rc = unsafe { libc::statx(dirfd, path.as_ptr(), flags, mask, &mut stx) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stx)
+}
+
 /// `s` with `\ooo` escapes undone; a backslash not followed by three octal digits stays.
 fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

@@ -725,10 +725,7 @@ fn bench_kill_latency() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let runs: usize = std::env::var("PALISADE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let runs = bench_runs();
     let receiver = Receiver::start("127.0.0.1:0");
     // The example's rate limit (the default, 60 requests a minute) would refuse most runs.
     let setup = Setup::new(receiver.addr, |c| {

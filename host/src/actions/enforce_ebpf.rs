@@ -814,9 +814,7 @@ impl Resolved {
              string is blocked, not the file it leads to"
         );
         check_exec_path(path)?;
-        if !self.keys.paths.iter().any(|k| k == path) {
-            self.keys.paths.push(path.to_owned());
-        }
+        self.keys.paths.push(path.to_owned());
         Ok(())
     }
 
@@ -862,23 +860,12 @@ fn file_key(path: &Path, mounts: &MountDevs) -> Option<(FileKey, OwnedFd)> {
 /// in `mounts` (mountinfo prints the superblock's `s_dev`) when `statx` gives a mount id
 /// found there, else from `stx_dev_*` (equal to `s_dev` except on filesystems such as btrfs).
 fn statx_identity(fd: &OwnedFd, mounts: &MountDevs) -> io::Result<(u32, u64, bool)> {
-    // SAFETY: all-zero is a valid `statx` (plain integers).
-    #[expect(unsafe_code, reason = "zeroed plain-data struct")]
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    #[expect(unsafe_code, reason = "statx has no safe wrapper in std")]
-    // SAFETY: `fd` is open, the path is an empty NUL-terminated string, `stx` is writable.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let stx = mountinfo::statx(
+        fd.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH,
+        libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+    )?;
     let regular = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG;
     let from_mount = (stx.stx_mask & libc::STATX_MNT_ID != 0)
         .then(|| mounts.get(&stx.stx_mnt_id).copied())
@@ -1129,7 +1116,6 @@ fn check_exec_path(path: &str) -> Result<(), ActionError> {
 /// prefix is looked at as the kernel reaches it (earlier links followed). Not seen: links
 /// inside the target of a root-owned link (a root link pointing into a user's tree).
 fn untrusted_symlink(path: &Path) -> Option<(PathBuf, u32)> {
-    use std::os::unix::fs::MetadataExt;
     let mut prefix = PathBuf::new();
     for component in path.components() {
         prefix.push(component);

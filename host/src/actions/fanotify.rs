@@ -177,7 +177,12 @@ impl ExecFilesystem {
 /// filesystems, in mount table order.
 pub fn exec_filesystems_in(mounts: &[Mount]) -> Vec<ExecFilesystem> {
     let mut out: Vec<ExecFilesystem> = Vec::new();
+    // Devices some mount shows without `noexec`.
+    let mut exec_devs = std::collections::BTreeSet::new();
     for m in mounts {
+        if !m.has_option("noexec") {
+            exec_devs.insert(m.kernel_dev());
+        }
         if NO_EXEC_FSTYPES.contains(&m.fstype.as_str()) {
             continue;
         }
@@ -190,11 +195,7 @@ pub fn exec_filesystems_in(mounts: &[Mount]) -> Vec<ExecFilesystem> {
             }),
         }
     }
-    out.retain(|fs| {
-        mounts
-            .iter()
-            .any(|m| m.kernel_dev() == fs.dev && !m.has_option("noexec"))
-    });
+    out.retain(|fs| exec_devs.contains(&fs.dev));
     out
 }
 
@@ -208,23 +209,12 @@ pub fn exec_filesystems() -> Result<Vec<ExecFilesystem>, MountinfoError> {
 fn mount_id_at(path: &Path) -> std::io::Result<Option<u64>> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: all-zero is a valid `statx` (plain integers).
-    #[expect(unsafe_code, reason = "zeroed plain-data struct")]
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    #[expect(unsafe_code, reason = "statx has no safe wrapper in std")]
-    // SAFETY: `c` is NUL-terminated and outlives the call; `stx` is writable.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_NO_AUTOMOUNT | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let stx = crate::mountinfo::statx(
+        libc::AT_FDCWD,
+        &c,
+        libc::AT_NO_AUTOMOUNT | libc::AT_STATX_DONT_SYNC,
+        libc::STATX_MNT_ID,
+    )?;
     Ok((stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id))
 }
 

@@ -67,7 +67,6 @@ impl Router {
         event: Event,
         delivery: Delivery,
     ) -> Option<usize> {
-        self.received.inc();
         self.clock.observe(event.ts_ns);
         // Cheap first filter on the union of subscribed kinds; workers do the exact match.
         if !set.kinds.contains(event.kind()) {
@@ -108,6 +107,7 @@ impl EventSink for Router {
     fn submit(&self, event: Event, delivery: Delivery) {
         let set = self.registry.snapshot();
         let shards = self.shards.load();
+        self.received.inc();
         if let Some(index) = self.route(&set, &shards, event, delivery) {
             shards[index].wake();
         }
@@ -116,17 +116,27 @@ impl EventSink for Router {
     fn submit_all(&self, events: &mut Vec<Event>, delivery: Delivery) {
         let set = self.registry.snapshot();
         let shards = self.shards.load();
-        // Which shards this burst queued on; past 64 workers, all of them.
+        self.received.inc_by(events.len() as u64);
+        // Which shards this burst queued on.
         let mut touched = 0u64;
         for event in events.drain(..) {
             if let Some(index) = self.route(&set, &shards, event, delivery) {
-                touched |= 1u64.checked_shl(index as u32).unwrap_or(u64::MAX);
+                touched |= shard_bit(index);
             }
         }
         for (index, shard) in shards.iter().enumerate() {
-            if touched & 1u64.checked_shl(index as u32).unwrap_or(u64::MAX) != 0 {
+            if touched & shard_bit(index) != 0 {
                 shard.wake();
             }
         }
     }
+}
+
+/// Shard `index`'s bit in a burst's touched mask; past 64 shards every bit, so all of them are
+/// woken.
+fn shard_bit(index: usize) -> u64 {
+    u32::try_from(index)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(u64::MAX)
 }

@@ -366,7 +366,7 @@ impl EbpfSource {
             live: Mutex::new(Vec::new()),
             pending: Mutex::new(ProbeChange::default()),
         });
-        let metrics = Arc::clone(registry.metrics());
+        let metrics = Arc::clone(&follower.metrics);
         self.probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())

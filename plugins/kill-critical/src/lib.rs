@@ -92,36 +92,36 @@ impl KillCritical {
     /// outcome for the notification, `None` when nothing was asked.
     fn block(&self, alert: &RoutedAlert, process: &Process) -> Option<String> {
         let exe = process.exe.as_str();
-        // An empty exe (unknown to the host) must never reach a glob like "*".
+        // `init` refuses globs that are not absolute, so none matches an empty exe (unknown to
+        // the host); kept as a guard should that check ever loosen.
         if exe.is_empty() || !self.block_exec.iter().any(|g| glob_match(g, exe)) {
             return None;
         }
-        Some(
-            match actions::block_exec(&ExecMatch::Path(exe.to_string()), &alert.id) {
-                Ok(receipt) => {
-                    palisade_sdk::info!(
-                        "exec of {exe} blocked for alert {} ({}, action {})",
-                        alert.id,
-                        receipt.mode.as_str(),
-                        receipt.id
-                    );
-                    match receipt.mode {
-                        actions::Mode::Enforce => format!("blocked exec of {exe}"),
-                        actions::Mode::Monitor => {
-                            format!("monitor mode: exec of {exe} would have been blocked")
-                        }
+        let outcome = match actions::block_exec(&ExecMatch::Path(exe.to_string()), &alert.id) {
+            Ok(receipt) => {
+                palisade_sdk::info!(
+                    "exec of {exe} blocked for alert {} ({}, action {})",
+                    alert.id,
+                    receipt.mode.as_str(),
+                    receipt.id
+                );
+                match receipt.mode {
+                    actions::Mode::Enforce => format!("blocked exec of {exe}"),
+                    actions::Mode::Monitor => {
+                        format!("monitor mode: exec of {exe} would have been blocked")
                     }
                 }
-                Err(e) => {
-                    palisade_sdk::warn!(
-                        "block-exec of {exe} for alert {} refused: {}",
-                        alert.id,
-                        e.reason()
-                    );
-                    format!("block-exec of {exe} refused: {}", e.reason())
-                }
-            },
-        )
+            }
+            Err(e) => {
+                palisade_sdk::warn!(
+                    "block-exec of {exe} for alert {} refused: {}",
+                    alert.id,
+                    e.reason()
+                );
+                format!("block-exec of {exe} refused: {}", e.reason())
+            }
+        };
+        Some(outcome)
     }
 
     fn notify(&self, alert: &RoutedAlert, outcome: &str) {
