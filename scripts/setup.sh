@@ -122,7 +122,7 @@ fi
 
 # A clean build plus the test run needs disk (measured in docs/performance.md, "Build footprint");
 # running out midway fails unrelated tests with ENOSPC, so say so up front.
-need_gib=12
+need_gib=10
 free_gib=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
 if [ "$free_gib" -lt "$need_gib" ]; then
   log "WARNING: only ${free_gib} GiB free on $(df -P . | awk 'NR==2 {print $6}'); a clean build and test run needs about ${need_gib} GiB"

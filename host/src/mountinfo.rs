@@ -152,6 +152,24 @@ pub(crate) fn statx(
     Ok(stx)
 }
 
+/// The filesystem type (`f_type`, a magic number such as `BPF_FS_MAGIC`) of the filesystem
+/// holding `path`, from `statfs(2)`.
+pub(crate) fn filesystem_magic(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: all-zero is a valid `statfs` (plain integers).
+    #[expect(unsafe_code, reason = "zeroed plain-data struct")]
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    #[expect(unsafe_code, reason = "statfs has no safe wrapper in std")]
+    // SAFETY: `c` is NUL-terminated and outlives the call; `st` is writable.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // `f_type` is signed on some targets; the magics are 32-bit patterns.
+    Ok(st.f_type as u32 as u64)
+}
+
 /// `s` with `\ooo` escapes undone; a backslash not followed by three octal digits stays.
 fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

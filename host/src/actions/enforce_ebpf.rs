@@ -109,7 +109,7 @@ const ALIAS_DIRS: &[&str] = &[
 /// actuator boundary, with the names kept).
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
-    #[error("cannot create bpffs pin directory {path}: {source}")]
+    #[error("cannot use bpffs pin directory {path}: {source}")]
     PinDir {
         path: PathBuf,
         #[source]
@@ -314,7 +314,11 @@ impl Enforcer {
             })?;
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
         }
-        if !is_bpffs(dir) {
+        let on_bpffs = is_bpffs(dir).map_err(|source| EnforceError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        if !on_bpffs {
             return Err(EnforceError::NotBpffs { path: dir.clone() });
         }
         Ok(())
@@ -1060,20 +1064,9 @@ fn path_key(path: &str) -> Option<[u8; abi::BLOCK_PATH_LEN]> {
     Some(key)
 }
 
-/// Whether `dir` is on a bpf filesystem: its deepest enclosing mount is one (the last such
-/// line of the mount table when mounts are stacked on one point, as the kernel lists them).
-fn is_bpffs(dir: &Path) -> bool {
-    let Ok(dir) = fs::canonicalize(dir) else {
-        return false;
-    };
-    let Ok(mounts) = mountinfo::read_self() else {
-        return false;
-    };
-    mounts
-        .iter()
-        .filter(|m| dir.starts_with(&m.mount_point))
-        .max_by_key(|m| m.mount_point.as_os_str().len())
-        .is_some_and(|m| m.fstype == "bpf")
+/// Whether `dir` is on a bpf filesystem, by the filesystem's magic number (what bpftool checks).
+fn is_bpffs(dir: &Path) -> io::Result<bool> {
+    Ok(mountinfo::filesystem_magic(dir)? == libc::BPF_FS_MAGIC as u32 as u64)
 }
 
 /// The keys that block `path`: itself, its canonical form, and its aliases through symlinked
@@ -1501,6 +1494,7 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let link_str = link.to_str().unwrap();
+        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if root {
@@ -1509,9 +1503,7 @@ mod tests {
             r.add_path_rule(link_str).unwrap();
             assert_eq!(r.keys.files.len(), 1, "{:?}", r.keys);
             assert!(r.keys.paths.len() >= 2, "{:?}", r.keys);
-            let c = std::ffi::CString::new(link_str).unwrap();
-            // SAFETY: lchown on a NUL-terminated path we own.
-            assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
         }
         assert_eq!(untrusted_symlink(&link).map(|(p, _)| p), Some(link.clone()));
         let mut r = Resolved::default();
@@ -1602,6 +1594,28 @@ mod tests {
     }
 
     #[test]
+    fn pin_directories_must_be_on_bpffs() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_bpffs(dir.path()).unwrap());
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            is_bpffs(&missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        // Where a bpffs is mounted (CI mounts one), its root is one.
+        let bpffs = mountinfo::read_self()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.fstype == "bpf");
+        match bpffs {
+            Some(m) => assert!(is_bpffs(&m.mount_point).unwrap(), "{m:?}"),
+            None => eprintln!(
+                "SKIPPED (no bpffs mounted): the positive case of pin_directories_must_be_on_bpffs"
+            ),
+        }
+    }
+
+    #[test]
     fn file_identity_uses_the_kernel_device_encoding_and_follows_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
@@ -1613,16 +1627,7 @@ mod tests {
         assert_eq!(id.ino, meta.ino());
         // On ext4, xfs and tmpfs s_dev and st_dev name the same device, in different
         // encodings (on btrfs and overlayfs st_dev may be another device number).
-        let fs_magic = {
-            let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-            #[expect(unsafe_code, reason = "statfs has no safe wrapper in std")]
-            // SAFETY: a NUL-terminated path and a writable zeroed struct.
-            unsafe {
-                let mut st: libc::statfs = std::mem::zeroed();
-                assert_eq!(libc::statfs(c.as_ptr(), &mut st), 0);
-                st.f_type as u64
-            }
-        };
+        let fs_magic = mountinfo::filesystem_magic(dir.path()).unwrap();
         if [0xEF53, 0x5846_5342, 0x0102_1994].contains(&fs_magic) {
             let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
             assert_eq!(id.dev, kabi::kernel_dev(major, minor));

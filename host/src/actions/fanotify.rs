@@ -167,7 +167,12 @@ impl ExecFilesystem {
             .find(|(id, point)| match mount_id_at(point) {
                 Ok(Some(found)) => found == *id,
                 Ok(None) => true,
-                Err(_) => false,
+                // A FUSE mount without allow_other refuses even root: execs there go unchecked
+                // unless another of the filesystem's mounts answers, so this is not debug noise.
+                Err(error) => {
+                    tracing::warn!(mount = %point.display(), %error, "exec check: mount point unreadable; trying the filesystem's other mounts");
+                    false
+                }
             })
             .map(|(_, point)| point.as_path())
     }

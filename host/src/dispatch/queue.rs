@@ -17,8 +17,8 @@ pub fn shard_queue<T>(capacity: usize) -> (ShardSender<T>, ShardReceiver<T>) {
     let wake = Arc::new(Wake::default());
     (
         ShardSender {
-            tx: Some(tx),
-            wake: Arc::clone(&wake),
+            tx,
+            closer: Closer(Arc::clone(&wake)),
         },
         ShardReceiver { rx, wake },
     )
@@ -55,21 +55,29 @@ pub enum PushError<T> {
 }
 
 pub struct ShardSender<T> {
-    /// `None` only while being dropped (see `Drop`).
-    tx: Option<Sender<T>>,
-    wake: Arc<Wake>,
+    tx: Sender<T>,
+    /// Declared after `tx`, so it drops after it: the channel is disconnected before the
+    /// consumer is woken, and a sleeping consumer finds it closed at once.
+    closer: Closer,
+}
+
+/// Marks the queue closed and wakes the consumer when the sender goes.
+struct Closer(Arc<Wake>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.wake();
+    }
 }
 
 impl<T> ShardSender<T> {
     /// Enqueues without waking the consumer; call [`Self::wake`] when the burst is over.
     pub fn push(&self, item: T) -> Result<(), PushError<T>> {
-        let Some(tx) = &self.tx else {
-            return Err(PushError::Disconnected(item));
-        };
-        tx.try_send(item).map_err(|err| match err {
+        self.tx.try_send(item).map_err(|err| match err {
             TrySendError::Full(item) => {
                 // A full queue must be drained now, whatever the burst still holds.
-                self.wake.wake();
+                self.closer.0.wake();
                 PushError::Full(item)
             }
             TrySendError::Disconnected(item) => PushError::Disconnected(item),
@@ -82,25 +90,13 @@ impl<T> ShardSender<T> {
         match self.push(item) {
             Ok(()) => Ok(()),
             Err(PushError::Disconnected(item)) => Err(item),
-            Err(PushError::Full(item)) => match &self.tx {
-                Some(tx) => tx.send(item).map_err(|err| err.into_inner()),
-                None => Err(item),
-            },
+            Err(PushError::Full(item)) => self.tx.send(item).map_err(|err| err.into_inner()),
         }
     }
 
     /// Wakes the consumer if it sleeps.
     pub fn wake(&self) {
-        self.wake.wake();
-    }
-}
-
-impl<T> Drop for ShardSender<T> {
-    /// Disconnects first, then wakes, so a sleeping consumer finds the queue closed at once.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        self.wake.closed.store(true, Ordering::SeqCst);
-        self.wake.wake();
+        self.closer.0.wake();
     }
 }
 
