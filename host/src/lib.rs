@@ -11,6 +11,7 @@ pub mod dispatch;
 #[cfg(feature = "ebpf")]
 pub mod ebpf;
 pub mod event;
+pub mod logfile;
 pub mod metrics;
 pub mod mountinfo;
 pub mod output;

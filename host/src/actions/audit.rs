@@ -3,15 +3,15 @@
 //! module only formats and writes; the broker decides what a record says, and a write failure
 //! is the broker's to log and count (it never stops an action or panics).
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ActionsError, Mode};
+use crate::logfile::LogFile;
 
 /// How a request ended, as written in the audit `result` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,11 +105,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// An append-only JSON Lines audit file, shared by all workers.
+/// An append-only JSON Lines audit file, shared by all workers. Reopened by path after a log
+/// rotation, checked before every record (requests are rate-limited, so a `stat` each is cheap).
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<LogFile>,
 }
 
 impl AuditLog {
@@ -121,11 +122,8 @@ impl AuditLog {
                 source,
             })?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| ActionsError::AuditOpen {
+        let file =
+            LogFile::open(path, Duration::ZERO).map_err(|source| ActionsError::AuditOpen {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -209,6 +207,34 @@ mod tests {
         }
         assert!(text.contains(r#""result":"ok""#));
         assert!(text.contains(r#""mode":"enforce""#));
+    }
+
+    /// After logrotate renames the file, the next record starts a new one at the path.
+    #[test]
+    fn a_rotated_audit_log_is_reopened_before_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let mut record = AuditRecord {
+            time: rfc3339(0),
+            ts_ns: 0,
+            responder: "r".into(),
+            action: "notify".into(),
+            target: serde_json::json!({"channel": "default"}),
+            mode: Mode::Enforce,
+            result: AuditResult::Ok,
+            error: None,
+            alert_id: "before".into(),
+            action_id: None,
+        };
+        log.write(&record).unwrap();
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        record.alert_id = "after".into();
+        log.write(&record).unwrap();
+        let rotated = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        let current = std::fs::read_to_string(&path).unwrap();
+        assert!(rotated.contains(r#""alert_id":"before""#) && rotated.lines().count() == 1);
+        assert!(current.contains(r#""alert_id":"after""#) && current.lines().count() == 1);
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! Serialisation goes through serde views in `jsonl` and `falco`, never hand-built JSON.
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
+use crate::logfile::LogFile;
 
 pub mod falco;
 pub mod jsonl;
@@ -71,7 +72,8 @@ impl FromStr for Format {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputTarget {
     Stdout,
-    /// Opened in append mode (created when missing), so restarts never truncate old alerts.
+    /// Opened in append mode (created when missing), so restarts never truncate old alerts;
+    /// reopened by path after a log rotation ([`LogFile`]).
     File(PathBuf),
 }
 
@@ -127,6 +129,10 @@ pub enum OutputError {
     UnknownFormat { name: String },
 }
 
+/// How often a file output looks for a log rotation (a `stat` of its path): an alert burst
+/// pays for one, and lines written before the check go to the rotated file, not nowhere.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
 /// Opens `target` for alerts in `format`.
 pub fn open_output(
     target: OutputTarget,
@@ -136,11 +142,8 @@ pub fn open_output(
     let writer: Box<dyn Write + Send> = match target {
         OutputTarget::Stdout => Box::new(io::stdout()),
         OutputTarget::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|source| OutputError::Open {
+            let file =
+                LogFile::open(&path, ROTATION_CHECK).map_err(|source| OutputError::Open {
                     path: path.clone(),
                     source,
                 })?;
