@@ -107,7 +107,8 @@ pub struct CommonArgs {
     /// Alert format.
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
-    /// Actions mode for every responder.
+    /// Actions mode. `monitor` holds for every responder, whatever its own setting; `enforce`
+    /// sets the default (a responder configured as monitor stays so).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
     /// Audit log path (overrides actions.audit_log).
@@ -382,13 +383,17 @@ fn parse_source(text: &str) -> Result<SourceKind> {
 fn cmd_replay(cli: &Cli, args: &ReplayArgs) -> Result<ExitCode> {
     let mut ov = overrides(&args.common, cli);
     ov.watch = Some(false);
+
     if ov.output.is_none() {
         ov.output = Some(config::OutputKind::Stdout);
     }
     let config = Config::load(args.common.config.as_deref(), &ov)?;
     init_telemetry(&config)?;
     crate::pack::commands::warn_permissions(&config.plugins.dir);
-    let daemon = Daemon::build(config, true)?;
+    // Replayed events are the past: carrying out their responses would kill, freeze or cut
+    // the network of whatever runs now (and reset the block maps the live daemon pins). Only
+    // notifications go out; every other request is audited as monitor.
+    let daemon = Daemon::build_offline(config)?;
     let dir = daemon.config.plugins.dir.clone();
     let (loaded, failed) = daemon
         .load_dir(&dir)

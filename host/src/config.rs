@@ -921,7 +921,16 @@ fn build(
         key: String::new(),
         reason: e.message().to_owned(),
     })?;
-    resolve(raw, &locator, env.available_cores)
+    let mut config = resolve(raw, &locator, env.available_cores)?;
+    // `--mode monitor` is the operator's "act on nothing": it must win over a responder's own
+    // `mode = "enforce"`. `--mode enforce` only sets the default, so a responder the file keeps
+    // in monitor stays there.
+    if overrides.mode == Some(Mode::Monitor) {
+        for responder in config.actions.responders.values_mut() {
+            responder.mode = None;
+        }
+    }
+    Ok(config)
 }
 
 /// `version = 1` is required in every file, so a future format change cannot be misread.
@@ -2213,6 +2222,27 @@ mod tests {
         assert_eq!(c.actions.rate_limit_for("notify-high"), 5);
         assert_eq!(c.actions.mode_for("other"), Mode::Enforce);
         assert_eq!(c.actions.rate_limit_for("other"), 60);
+    }
+
+    #[test]
+    fn mode_monitor_flag_wins_over_a_responder_in_enforce_but_enforce_does_not() {
+        let text = "version = 1\n[actions]\nmode = \"enforce\"\n\
+                    [actions.responders.kill-critical]\nmode = \"enforce\"\n\
+                    [actions.responders.notify-high]\nmode = \"monitor\"\n";
+        let monitor = Overrides {
+            mode: Some(Mode::Monitor),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml_str_in(text, "t.toml", &monitor, &env4()).unwrap();
+        assert_eq!(c.actions.mode_for("kill-critical"), Mode::Monitor);
+        assert_eq!(c.actions.mode_for("notify-high"), Mode::Monitor);
+        let enforce = Overrides {
+            mode: Some(Mode::Enforce),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml_str_in(text, "t.toml", &enforce, &env4()).unwrap();
+        assert_eq!(c.actions.mode_for("kill-critical"), Mode::Enforce);
+        assert_eq!(c.actions.mode_for("notify-high"), Mode::Monitor);
     }
 
     #[test]

@@ -295,6 +295,21 @@ impl Daemon {
     /// Builds the engine, broker and registry. `event_time_clock`: replay sources make "now"
     /// follow event timestamps.
     pub fn build(config: Config, event_time_clock: bool) -> Result<Self, DaemonError> {
+        Self::build_with(config, event_time_clock, false)
+    }
+
+    /// [`Daemon::build`] for `palisade replay`: event time, and responders' actions other than
+    /// `notify` only recorded ([`Broker::offline`]); no actuator is set up, so nothing touches
+    /// the kernel (no fanotify group, no pinned map).
+    pub fn build_offline(config: Config) -> Result<Self, DaemonError> {
+        Self::build_with(config, true, true)
+    }
+
+    fn build_with(
+        config: Config,
+        event_time_clock: bool,
+        offline: bool,
+    ) -> Result<Self, DaemonError> {
         let metrics = Arc::new(Metrics::new());
         let hostname = hostname(config.hostname.as_deref());
         let clock = Arc::new(if event_time_clock {
@@ -331,9 +346,13 @@ impl Daemon {
             hostname: hostname.clone(),
             webhook: start_webhook(&config.notify)?,
         };
-        let broker = with_deny_open(Broker::new(broker_settings, Box::new(notifier))?, &config)
-            .with_metrics(Arc::clone(&metrics));
-        let broker = Arc::new(crate::actions::with_host_actuators(broker, &config.actions));
+        let broker =
+            Broker::new(broker_settings, Box::new(notifier))?.with_metrics(Arc::clone(&metrics));
+        let broker = Arc::new(if offline {
+            broker.offline()
+        } else {
+            crate::actions::with_host_actuators(with_deny_open(broker, &config), &config.actions)
+        });
         #[cfg(feature = "ebpf")]
         crate::actions::enforce_ebpf::log_kernel_support();
         let grants_config = config.clone();

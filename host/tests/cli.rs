@@ -107,3 +107,57 @@ fn a_bad_config_names_the_file_and_key() {
         "{stderr}"
     );
 }
+
+/// `palisade replay` never carries out a responder's action, even with `mode = "enforce"` and
+/// the grant: the replayed pids belong to the past (or to whatever now reuses them). The
+/// request is still checked and audited, as monitor.
+#[test]
+fn replay_records_responder_actions_and_never_carries_them_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for name in ["sensitive-files", "kill-critical"] {
+        let wasm = format!("{name}.wasm");
+        std::fs::copy(built().plugins_dir.join(&wasm), plugins.join(&wasm)).unwrap();
+    }
+    std::fs::write(
+        plugins.join("kill-critical.toml"),
+        "version = 1\n[config]\nrules = [\"sensitive-file-write\"]\n",
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("palisade.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[plugins]\ndir = {plugins:?}\ncache_dir = {cache:?}\nwatch = false\n\
+             [actions]\nmode = \"enforce\"\naudit_log = {audit:?}\n\
+             [grants]\nkill-critical = [\"kill-process\"]\n",
+            cache = cache_dir(),
+        ),
+    )
+    .unwrap();
+    let out = palisade()
+        .arg("replay")
+        .arg(root().join("examples/events/demo-attack.jsonl"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&audit).unwrap_or_default();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kills: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "kill-process")
+        .collect();
+    assert!(!kills.is_empty(), "no kill requested: {text}\n{stderr}");
+    for kill in kills {
+        assert_eq!(kill["mode"], "monitor", "{kill}");
+        assert_eq!(kill["result"], "recorded", "{kill}");
+    }
+}

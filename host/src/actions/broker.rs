@@ -127,6 +127,8 @@ pub struct Broker {
     /// Start time in hex: makes action ids unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
+    /// See [`Broker::offline`].
+    offline: bool,
 }
 
 impl std::fmt::Debug for Broker {
@@ -173,7 +175,16 @@ impl Broker {
             store: OnceLock::new(),
             id_prefix: format!("{:x}", now_ns()),
             next_id: AtomicU64::new(1),
+            offline: false,
         })
+    }
+
+    /// For `palisade replay`: the events are the past, so only `notify` is carried out; every
+    /// other request is checked, rate-limited and audited as in monitor mode. Acting would
+    /// kill, freeze or cut whatever runs now under a recycled pid or cgroup.
+    pub fn offline(mut self) -> Broker {
+        self.offline = true;
+        self
     }
 
     /// Counts requests, denials and audit errors in `metrics`.
@@ -226,7 +237,10 @@ impl Broker {
         ctx: &RequestContext<'_>,
         req: ActionRequest,
     ) -> Result<Receipt, ActionError> {
-        let mode = self.mode_for(ctx.responder);
+        let mode = match req.capability() {
+            Some(cap) if self.offline && cap != Capability::Notify => Mode::Monitor,
+            _ => self.mode_for(ctx.responder),
+        };
         let (result, mode, released_alert) = match &req {
             ActionRequest::Release { action_id } => self.release(ctx, action_id),
             _ => (self.act(ctx, &req, mode), mode, None),
@@ -746,6 +760,30 @@ mod tests {
         assert!(b.take(2, later));
         assert!(b.take(2, later));
         assert!(!b.take(2, later));
+    }
+
+    /// `palisade replay`: an enforce-mode responder's block is only recorded (the actuator is
+    /// never called), its notification still goes out, and a denied request stays denied.
+    #[test]
+    fn offline_broker_records_host_actions_and_still_notifies() {
+        let fake = Arc::new(FakeBlock::default());
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+            .unwrap()
+            .with_actuator(Capability::BlockExec, Box::new(Arc::clone(&fake)))
+            .offline();
+        let c = ctx("r", &[Capability::BlockExec, Capability::Notify]);
+        let receipt = broker.request(&c, block()).unwrap();
+        assert_eq!(receipt.mode, Mode::Monitor);
+        assert_eq!(broker.active()[0].handle, "", "the actuator ran");
+        let notify = ActionRequest::Notify {
+            channel: "default".into(),
+            message: "m".into(),
+        };
+        assert_eq!(broker.request(&c, notify).unwrap().mode, Mode::Enforce);
+        assert_eq!(
+            broker.request(&ctx("r", &[]), block()),
+            Err(ActionError::Denied(Capability::BlockExec))
+        );
     }
 
     #[test]
