@@ -155,7 +155,7 @@ fn outage_and_restart_lose_nothing_and_duplicates_share_a_key() {
             t0.elapsed() < Duration::from_millis(500),
             "notify must not wait for the network"
         );
-        expected.insert(idempotency_key(&alert, "ops"));
+        expected.insert(idempotency_key(&alert, "passwd-guard", "ops"));
     }
     // The sender keeps failing and everything stays spooled.
     let t0 = Instant::now();
@@ -165,13 +165,26 @@ fn outage_and_restart_lose_nothing_and_duplicates_share_a_key() {
     }
     assert_eq!(sink.pending(), 5);
     assert_eq!(spool_files(spool.path()), 5);
+    // Pending notifications name processes and users: only root reads them.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let sub = spool.path().join("sub");
+        drop(WebhookSink::start(settings(addr, &sub, WebhookFormat::Generic)).unwrap());
+        assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o777, 0o700);
+        for entry in std::fs::read_dir(spool.path()).unwrap() {
+            let meta = entry.unwrap().metadata().unwrap();
+            if meta.is_file() {
+                assert_eq!(meta.mode() & 0o777, 0o600);
+            }
+        }
+    }
     drop(sink); // the daemon stops with the endpoint still down
 
     let receiver = Receiver::start(&addr.to_string(), 0, 200);
     let sink = WebhookSink::start(settings(addr, spool.path(), WebhookFormat::Generic)).unwrap();
     sink.notify("passwd-guard", "ops", "after restart", "alert-5")
         .unwrap();
-    expected.insert(idempotency_key("alert-5", "ops"));
+    expected.insert(idempotency_key("alert-5", "passwd-guard", "ops"));
     assert!(sink.flush(Duration::from_secs(10)), "spool not drained");
     assert_eq!(spool_files(spool.path()), 0);
 
@@ -187,7 +200,7 @@ fn outage_and_restart_lose_nothing_and_duplicates_share_a_key() {
         assert_eq!(b["channel"], "ops");
         assert_eq!(
             b["idempotency_key"],
-            format!("{}:ops", b["alert_id"].as_str().unwrap()).as_str()
+            format!("{}:passwd-guard:ops", b["alert_id"].as_str().unwrap()).as_str()
         );
         assert!(b["time"].as_str().unwrap().ends_with('Z'));
         assert!(
@@ -223,7 +236,7 @@ fn slack_shape() {
     let text = body["text"].as_str().unwrap();
     assert!(text.contains("root shell on web-1"), "{text}");
     assert!(text.contains("a-9"), "{text}");
-    assert_eq!(got[0].key.as_deref(), Some("a-9:security"));
+    assert_eq!(got[0].key.as_deref(), Some("a-9:resp:security"));
 }
 
 #[test]
@@ -242,7 +255,7 @@ fn server_errors_are_retried_with_the_same_key() {
     assert_eq!(sink.stats().delivered.load(Ordering::Relaxed), 1);
     let got = receiver.received();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].key.as_deref(), Some("a-1:ops"));
+    assert_eq!(got[0].key.as_deref(), Some("a-1:resp:ops"));
 }
 
 #[test]

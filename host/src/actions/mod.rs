@@ -38,6 +38,17 @@ pub use kill::KillActuator;
 pub use quarantine::QuarantineActuator;
 pub use store::{ActionStore, StoreError, StoredAction};
 
+/// Creates `dir` and any missing parents as 0700: the daemon's state, spool and quarantine
+/// directories hold what users must not read (pending notifications name their processes).
+/// An existing directory is left as the operator made it.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Registers this host's real actuators on `broker`: kill-process, freeze, quarantine-file
 /// (into `actions.quarantine_dir`) and, with the `ebpf` feature, block-exec and
 /// network-quarantine (pinned under `actions.bpf_pin_dir`; nothing is loaded until the first

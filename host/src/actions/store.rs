@@ -9,7 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -189,8 +189,7 @@ impl ActionStore {
             path: self.dir.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(failed)?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(failed)
+        super::create_private_dir(&self.dir).map_err(failed)
     }
 
     /// A store for reading only: `dir` need not exist (then it is empty).

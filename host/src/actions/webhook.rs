@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -187,9 +188,12 @@ impl Notification {
     }
 }
 
-/// The idempotency key of a notification about `alert_id` on `channel`.
-pub fn idempotency_key(alert_id: &str, channel: &str) -> String {
-    format!("{alert_id}:{channel}")
+/// The idempotency key of `responder`'s notification about `alert_id` on `channel`: the same
+/// on every resend, and distinct for two responders notifying about one alert (with alert and
+/// channel alone, a receiver that drops duplicates dropped the second, say kill-critical's
+/// kill outcome after notify-high's alert).
+pub fn idempotency_key(alert_id: &str, responder: &str, channel: &str) -> String {
+    format!("{alert_id}:{responder}:{channel}")
 }
 
 enum Msg {
@@ -220,7 +224,7 @@ impl WebhookSink {
     pub fn start(settings: WebhookSettings) -> Result<WebhookSink, WebhookError> {
         let url = HttpUrl::parse(&settings.url)?;
         let dir = settings.spool_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| WebhookError::SpoolDir {
+        super::create_private_dir(&dir).map_err(|source| WebhookError::SpoolDir {
             path: dir.clone(),
             source,
         })?;
@@ -288,7 +292,13 @@ impl WebhookSink {
         let dest = self.spool_dir.join(name);
         let bytes = serde_json::to_vec(n).map_err(std::io::Error::other)?;
         {
-            let mut f = std::fs::File::create(&tmp)?;
+            // 0600: a pending notification names processes and users.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
@@ -315,7 +325,7 @@ impl NotifySink for WebhookSink {
         // threads and daemon restarts.
         let n = Notification {
             id: format!("{ts:020}-{}-{seq:06}", std::process::id()),
-            idempotency_key: idempotency_key(alert_id, channel),
+            idempotency_key: idempotency_key(alert_id, responder, channel),
             time: rfc3339(ts),
             responder: responder.to_owned(),
             channel: channel.to_owned(),
@@ -425,7 +435,7 @@ impl Courier {
                         "webhook: endpoint rejected the notification; kept in the rejected/ spool");
                     self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     let dir = self.settings.spool_dir.join(REJECTED_DIR);
-                    let moved = std::fs::create_dir_all(&dir).and_then(|()| {
+                    let moved = super::create_private_dir(&dir).and_then(|()| {
                         std::fs::rename(&path, dir.join(path.file_name().unwrap_or_default()))
                     });
                     if moved.is_err() {
@@ -585,7 +595,7 @@ mod tests {
     fn bodies() {
         let n = Notification {
             id: "1".into(),
-            idempotency_key: idempotency_key("a-1", "ops"),
+            idempotency_key: idempotency_key("a-1", "r", "ops"),
             time: "t".into(),
             responder: "r".into(),
             channel: "ops".into(),
@@ -593,7 +603,7 @@ mod tests {
             alert_id: "a-1".into(),
         };
         let g: serde_json::Value = serde_json::from_str(&n.body(WebhookFormat::Generic)).unwrap();
-        assert_eq!(g["idempotency_key"], "a-1:ops");
+        assert_eq!(g["idempotency_key"], "a-1:r:ops");
         assert_eq!(g["message"], "m \"q\"");
         let s: serde_json::Value = serde_json::from_str(&n.body(WebhookFormat::Slack)).unwrap();
         assert_eq!(s.as_object().unwrap().len(), 1);
