@@ -642,7 +642,10 @@ fn cmd_actions_release(cli: &Cli, id: &str, file: Option<&Path>) -> Result<ExitC
         crate::actions::BrokerSettings::from_config(&config.actions),
         Box::new(crate::actions::LogNotifySink),
     )?;
-    let broker = crate::actions::with_host_actuators(broker, &config.actions);
+    let broker = crate::actions::with_host_actuators(broker, &config.actions).with_actuator(
+        crate::capability::Capability::DenyOpen,
+        Box::new(crate::actions::LiftedByTheDaemon),
+    );
     let store = crate::actions::ActionStore::open(&config.actions.state_dir)?;
     let path = store.path();
     let stored = store.get(id)?;
@@ -651,10 +654,25 @@ fn cmd_actions_release(cli: &Cli, id: &str, file: Option<&Path>) -> Result<ExitC
     broker
         .release_as_operator(id)
         .with_context(|| format!("cannot release {id} (state file {})", path.display()))?;
+    let lifted_by_daemon = stored
+        .as_ref()
+        .and_then(|s| s.to_active())
+        .is_some_and(|a| {
+            a.mode == crate::actions::Mode::Enforce
+                && crate::actions::lifted_only_here(a.capability)
+        });
     let what = stored
         .map(|s| format!("{} {}", s.action, s.target))
         .unwrap_or_default();
     use std::io::Write;
-    writeln!(std::io::stdout().lock(), "released {id}: {what}")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "released {id}: {what}")?;
+    if lifted_by_daemon {
+        writeln!(
+            stdout,
+            "the running daemon lifts it within {} s (a stopped daemon's marks went with it)",
+            crate::daemon::OPERATOR_RELEASE_POLL.as_secs()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

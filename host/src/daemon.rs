@@ -148,6 +148,26 @@ fn with_deny_open(broker: Broker, config: &Config) -> Broker {
     }
 }
 
+/// How often the daemon looks for actions the operator released with `palisade actions
+/// release` ([`Broker::reconcile_released`]).
+pub const OPERATOR_RELEASE_POLL: Duration = Duration::from_secs(2);
+
+/// Polls the state file for operator releases until the broker is gone.
+fn follow_operator_releases(broker: std::sync::Weak<Broker>) -> Result<(), DaemonError> {
+    let name = "palisade-releases".to_owned();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || loop {
+            std::thread::sleep(OPERATOR_RELEASE_POLL);
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            broker.reconcile_released();
+        })
+        .map(drop)
+        .map_err(|source| DaemonError::Thread { name, source })
+}
+
 /// Pipeline parameters (from `Config`, or set directly by tests and benchmarks).
 pub struct PipelineOptions {
     pub workers: usize,
@@ -400,6 +420,7 @@ impl Daemon {
         let store = crate::actions::ActionStore::open(&self.config.actions.state_dir)?;
         let loaded = self.broker.attach_store(store)?;
         let summary = self.broker.reapply_held();
+        follow_operator_releases(Arc::downgrade(&self.broker))?;
         if loaded > 0 {
             tracing::info!(
                 loaded,

@@ -310,6 +310,68 @@ fn broker_enforces_and_releases_deny_open() {
     );
 }
 
+/// `palisade actions release` of a deny-open while the daemon runs: the operator's broker (the
+/// CLI's, with [`LiftedByTheDaemon`]) takes the action out of the shared state file, and the
+/// daemon's broker, which owns the fanotify mark, lifts it on its next look at the file.
+#[test]
+fn operator_release_of_a_deny_open_is_lifted_by_the_daemon() {
+    require_root!("operator_release_of_a_deny_open_is_lifted_by_the_daemon");
+    use palisade::actions::{
+        ActionStore, Broker, BrokerSettings, LiftedByTheDaemon, LogNotifySink, RequestContext,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = files(dir.path());
+    let config = palisade::config::Config::from_toml_str(
+        &format!(
+            "version = 1\n[actions]\nmode = \"enforce\"\naudit_log = {:?}\nstate_dir = {:?}\n",
+            dir.path().join("audit.jsonl").display().to_string(),
+            dir.path().join("state").display().to_string(),
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let broker = |actuator: Box<dyn Actuator>| {
+        let b = Broker::new(
+            BrokerSettings::from_config(&config.actions),
+            Box::new(LogNotifySink),
+        )
+        .unwrap()
+        .with_actuator(Capability::DenyOpen, actuator);
+        b.attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
+            .unwrap();
+        b
+    };
+    let denier = OpenDenier::start(DenySettings::from_config(&config.actions.deny)).unwrap();
+    let daemon = broker(Box::new(DenyOpenActuator::new(Arc::new(denier))));
+    let ctx = RequestContext {
+        responder: "guard",
+        granted: [Capability::DenyOpen].into_iter().collect(),
+        alert_id: "a-8",
+    };
+    let receipt = daemon
+        .request(
+            &ctx,
+            ActionRequest::DenyOpen {
+                path: secret.display().to_string(),
+            },
+        )
+        .unwrap();
+    assert!(child_cat(&secret).is_err());
+    assert_eq!(daemon.reconcile_released(), 0, "nothing released yet");
+    assert!(child_cat(&secret).is_err());
+
+    let operator = broker(Box::new(LiftedByTheDaemon));
+    operator.release_as_operator(&receipt.id).unwrap();
+    assert!(
+        child_cat(&secret).is_err(),
+        "the CLI cannot lift another process's mark"
+    );
+    assert_eq!(daemon.reconcile_released(), 1);
+    assert_eq!(child_cat(&secret).unwrap(), "secret\n");
+    assert!(daemon.active().is_empty());
+    assert_eq!(daemon.reconcile_released(), 0);
+}
+
 /// Cost of one permission round trip: a child opens a denied file in a loop (every open is an
 /// event the reader answers) against the same loop on an unmarked file. Ignored by default:
 /// `cargo test -p palisade-host --test fanotify_deny -- --ignored --nocapture`.

@@ -4,7 +4,7 @@
 //! audit record and one `actions_total` count. Shared by all worker threads through `&self`;
 //! the broker never blocks on anything but its own short locks and the actuator it calls.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -129,6 +129,10 @@ pub struct Broker {
     next_id: AtomicU64,
     /// See [`Broker::offline`].
     offline: bool,
+    /// Ids of the active actions the state file is known to hold (written by this broker or
+    /// loaded from it). Only their absence from the file means "released by the operator": an
+    /// action whose write failed, or is still being written, is not.
+    persisted: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -138,6 +142,13 @@ impl std::fmt::Debug for Broker {
             .field("actuators", &self.actuators.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+/// Actions whose state lives in the daemon process, so that only the daemon can lift them (the
+/// operator's CLI releases them in the state file, and [`Broker::reconcile_released`] does the
+/// rest).
+pub fn lifted_only_here(capability: Capability) -> bool {
+    capability == Capability::DenyOpen
 }
 
 /// Locks a mutex, carrying on with the data if another thread panicked while holding it: the
@@ -176,6 +187,7 @@ impl Broker {
             id_prefix: format!("{:x}", now_ns()),
             next_id: AtomicU64::new(1),
             offline: false,
+            persisted: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -340,16 +352,26 @@ impl Broker {
     /// action is in effect either way, and stays listed in memory.
     fn persist(&self, action: &ActiveAction) {
         if let Some(store) = self.store.get() {
-            if let Err(error) = store.insert(action) {
-                tracing::error!(%error, action_id = %action.id, "active action not persisted; it will not survive a restart");
+            match store.insert(action) {
+                Ok(()) => {
+                    lock(&self.persisted).insert(action.id.clone());
+                }
+                Err(error) => {
+                    tracing::error!(%error, action_id = %action.id, "active action not persisted; it will not survive a restart");
+                }
             }
         }
     }
 
     fn unpersist(&self, id: &str) {
         if let Some(store) = self.store.get() {
-            if let Err(error) = store.remove(id) {
-                tracing::error!(%error, action_id = id, "released action still in the state file");
+            match store.remove(id) {
+                Ok(_) => {
+                    lock(&self.persisted).remove(id);
+                }
+                Err(error) => {
+                    tracing::error!(%error, action_id = id, "released action still in the state file");
+                }
             }
         }
     }
@@ -409,7 +431,9 @@ impl Broker {
         let mode = action.mode;
         let alert = Some(action.alert_id.clone());
         if let Some(store) = self.store.get() {
-            if let Ok(None) = store.get(&action.id) {
+            let was_persisted = lock(&self.persisted).contains(&action.id);
+            if let (true, Ok(None)) = (was_persisted, store.get(&action.id)) {
+                lock(&self.persisted).remove(&action.id);
                 tracing::info!(action_id = %action.id, "action was already released outside this daemon");
                 return (
                     Ok(Receipt {
@@ -470,6 +494,7 @@ impl Broker {
             for entry in &stored {
                 match entry.to_active() {
                     Some(action) => {
+                        lock(&self.persisted).insert(action.id.clone());
                         active.insert(action.id.clone(), action);
                         loaded += 1;
                     }
@@ -483,6 +508,58 @@ impl Broker {
             tracing::warn!("a state file was already attached; keeping the first");
         }
         Ok(loaded)
+    }
+
+    /// Catches up with `palisade actions release` run while this daemon runs: an action the
+    /// state file held and no longer holds was released by the operator. The CLI undoes what
+    /// outlives a process (pinned maps, cgroup files, quarantined files) itself; a deny-open
+    /// mark belongs to this daemon's fanotify group, so it is lifted here. Returns how many
+    /// actions were let go. The daemon calls this every few seconds.
+    pub fn reconcile_released(&self) -> usize {
+        let Some(store) = self.store.get() else {
+            return 0;
+        };
+        // Taken before the file is read: an id persisted after the read is not a candidate.
+        let candidates = lock(&self.persisted).clone();
+        if candidates.is_empty() {
+            return 0;
+        }
+        let stored: BTreeSet<String> = match store.load() {
+            Ok(entries) => entries.into_iter().map(|e| e.id).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the state file to follow operator releases");
+                return 0;
+            }
+        };
+        let gone: Vec<ActiveAction> = {
+            let mut active = lock(&self.active);
+            let mut persisted = lock(&self.persisted);
+            candidates
+                .difference(&stored)
+                // Still ours: not being released by its responder right now.
+                .filter(|id| persisted.remove(*id))
+                .filter_map(|id| active.remove(id))
+                .collect()
+        };
+        for action in &gone {
+            let lifted = if action.mode == Mode::Enforce && lifted_only_here(action.capability) {
+                match self.actuators.get(&action.capability) {
+                    Some(actuator) => actuator.release(action).map_err(|e| e.to_string()),
+                    None => Err(format!("no {} actuator registered", action.capability)),
+                }
+            } else {
+                Ok(())
+            };
+            match lifted {
+                Ok(()) => {
+                    tracing::info!(action_id = %action.id, action = %action.capability, "action released by the operator")
+                }
+                Err(error) => {
+                    tracing::error!(action_id = %action.id, action = %action.capability, %error, "action released by the operator but not lifted here")
+                }
+            }
+        }
+        gone.len()
     }
 
     /// Puts every enforced action of the active table back in place through its actuator's
@@ -784,6 +861,29 @@ mod tests {
             broker.request(&ctx("r", &[]), block()),
             Err(ActionError::Denied(Capability::BlockExec))
         );
+    }
+
+    /// An action the operator's CLI released (gone from the state file) is forgotten; a
+    /// block-exec is not undone again here (the CLI undid it in the pinned map).
+    #[test]
+    fn reconcile_forgets_actions_released_in_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeBlock::default());
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+            .unwrap()
+            .with_actuator(Capability::BlockExec, Box::new(Arc::clone(&fake)));
+        broker
+            .attach_store(ActionStore::open(dir.path()).unwrap())
+            .unwrap();
+        let c = ctx("r", &[Capability::BlockExec]);
+        let kept = broker.request(&c, block()).unwrap();
+        let released = broker.request(&c, block()).unwrap();
+        assert_eq!(broker.reconcile_released(), 0);
+        ActionStore::at(dir.path()).remove(&released.id).unwrap();
+        assert_eq!(broker.reconcile_released(), 1);
+        let ids: Vec<String> = broker.active().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, [kept.id]);
+        assert!(lock(&fake.released).is_empty(), "undone twice");
     }
 
     #[test]

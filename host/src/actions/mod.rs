@@ -32,7 +32,9 @@ pub mod store;
 pub mod webhook;
 
 pub use audit::{AuditLog, AuditRecord, AuditResult};
-pub use broker::{Broker, BrokerSettings, ReapplySummary, ResponderSettings, OPERATOR};
+pub use broker::{
+    lifted_only_here, Broker, BrokerSettings, ReapplySummary, ResponderSettings, OPERATOR,
+};
 pub use freeze::FreezeActuator;
 pub use kill::KillActuator;
 pub use quarantine::QuarantineActuator;
@@ -47,6 +49,28 @@ pub(crate) fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// The operator CLI's actuator for actions whose state lives in the daemon process
+/// ([`broker::lifted_only_here`]: a deny-open mark belongs to the daemon's fanotify group).
+/// Releasing only takes the action out of the state file; the running daemon sees that and
+/// lifts it ([`Broker::reconcile_released`]), and a stopped daemon's marks died with it.
+pub struct LiftedByTheDaemon;
+
+impl Actuator for LiftedByTheDaemon {
+    fn execute(
+        &self,
+        _ctx: &ExecContext<'_>,
+        _req: &ActionRequest,
+    ) -> Result<Outcome, ActionError> {
+        Err(ActionError::Unsupported(
+            "only the daemon carries this action out".into(),
+        ))
+    }
+
+    fn release(&self, _action: &ActiveAction) -> Result<(), ActionError> {
+        Ok(())
+    }
 }
 
 /// Registers this host's real actuators on `broker`: kill-process, freeze, quarantine-file
