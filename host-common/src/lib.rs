@@ -211,7 +211,7 @@ pub struct Header {
     pub kind: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// `bpf_ktime_get_ns` (monotonic since boot, excluding suspend).
+    /// `bpf_ktime_get_boot_ns` (ns since boot, suspend included: `CLOCK_BOOTTIME`).
     pub ktime_ns: u64,
     /// Process id (kernel tgid).
     pub tgid: u32,

@@ -109,7 +109,9 @@ unsafe fn fill_header(hdr: *mut Header, kind: u32, pid_tgid: u64) {
         let uid_gid = h::bpf_get_current_uid_gid();
         (*hdr).kind = kind;
         (*hdr).flags = 0;
-        (*hdr).ktime_ns = h::bpf_ktime_get_ns();
+        // Boot time, suspend included: what /proc's start times count, so a fork's time is
+        // a process start time the kill check can compare after the host was suspended.
+        (*hdr).ktime_ns = h::bpf_ktime_get_boot_ns();
         (*hdr).tgid = (pid_tgid >> 32) as u32;
         (*hdr).tid = pid_tgid as u32;
         (*hdr).uid = uid_gid as u32;

@@ -341,6 +341,38 @@ fn exec_fork_exit_with_args_and_parentage() {
     });
 }
 
+/// A process forked while the source runs gets its start time from the fork event; it must be
+/// the start time `/proc/<pid>/stat` reports (boot-time clock, suspend included), or the kill
+/// actuator's recycled-pid check refuses to kill it.
+#[test]
+fn forked_process_start_time_is_the_one_proc_reports() {
+    if skip("forked_process_start_time_is_the_one_proc_reports") {
+        return;
+    }
+    let f = fixture();
+    let child = KillOnDrop(Command::new("/bin/sleep").arg("5").spawn().unwrap());
+    let pid = child.0.id();
+    let exec = f.events.wait_for("exec /bin/sleep", |e| {
+        e.process.pid == pid && matches!(&e.data, EventData::Exec(_))
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // Field 22 (starttime), in clock ticks since boot; the 3rd field after the comm.
+    let ticks: u64 = fields[19].parse().unwrap();
+    #[expect(unsafe_code, reason = "sysconf has no safe wrapper in std")]
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let proc_ns = ticks * 1_000_000_000 / hz;
+    let tick_ns = 1_000_000_000 / hz;
+    let diff = exec.process.start_ns.abs_diff(proc_ns);
+    assert!(
+        diff <= 2 * tick_ns,
+        "start_ns {} vs /proc {proc_ns} ({diff} ns apart)",
+        exec.process.start_ns
+    );
+    drop(child);
+}
+
 #[test]
 fn exit_by_signal_is_128_plus_signal() {
     if skip("exit_by_signal_is_128_plus_signal") {

@@ -580,7 +580,7 @@ fn writer_is_killed_within_100ms_reported_audited_and_notified() {
     let got = receiver.wait_for(id);
     assert_eq!(
         got.key.as_deref(),
-        Some(format!("{id}:passwd-guard").as_str())
+        Some(format!("{id}:kill-critical:passwd-guard").as_str())
     );
     assert_eq!(got.body["responder"], "kill-critical");
     assert_eq!(got.body["channel"], "passwd-guard");
@@ -701,7 +701,7 @@ fn webhook_outage_and_daemon_crash_lose_no_notification() {
     let receiver = Receiver::start(&addr.to_string());
     let _daemon = Daemon::start(&setup, "daemon-2.log");
     let got = receiver.wait_for(&id);
-    assert_eq!(got.key, Some(format!("{id}:passwd-guard")));
+    assert_eq!(got.key, Some(format!("{id}:kill-critical:passwd-guard")));
     assert_eq!(got.body["responder"], "kill-critical");
     let t0 = Instant::now();
     while spooled() != 0 {
