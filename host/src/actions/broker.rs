@@ -151,6 +151,13 @@ pub fn lifted_only_here(capability: Capability) -> bool {
     capability == Capability::DenyOpen
 }
 
+/// Actions whose undo is not counted by their actuator: two freezes of one cgroup share one
+/// `cgroup.freeze`, so releasing either must not thaw it while the other is held (the broker
+/// undoes only the last one; block-exec and deny-open count their holders themselves).
+fn shared_by_holders(capability: Capability) -> bool {
+    capability == Capability::Freeze
+}
+
 /// Locks a mutex, carrying on with the data if another thread panicked while holding it: the
 /// broker's tables stay consistent between statements, and the daemon must not die of it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -456,9 +463,25 @@ impl Broker {
                 alert,
             );
         }
-        let result = match self.actuators.get(&action.capability) {
-            Some(actuator) => actuator.release(&action),
-            None => Err(ActionError::Unsupported(format!(
+        let other_holder = shared_by_holders(action.capability)
+            .then(|| {
+                lock(&self.active)
+                    .values()
+                    .find(|a| {
+                        a.mode == Mode::Enforce
+                            && a.capability == action.capability
+                            && a.handle == action.handle
+                    })
+                    .map(|a| a.id.clone())
+            })
+            .flatten();
+        let result = match (other_holder, self.actuators.get(&action.capability)) {
+            (Some(holder), _) => {
+                tracing::info!(action_id = %action.id, still_held_by = %holder, "released; the workload stays as the other action holds it");
+                Ok(())
+            }
+            (None, Some(actuator)) => actuator.release(&action),
+            (None, None) => Err(ActionError::Unsupported(format!(
                 "no {} actuator registered",
                 action.capability
             ))),
@@ -861,6 +884,34 @@ mod tests {
             broker.request(&ctx("r", &[]), block()),
             Err(ActionError::Denied(Capability::BlockExec))
         );
+    }
+
+    /// Two freezes of one cgroup: releasing the first leaves it frozen, the second thaws it.
+    #[test]
+    fn a_freeze_is_undone_only_by_its_last_holder() {
+        let fake = Arc::new(FakeBlock::default());
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+            .unwrap()
+            .with_actuator(Capability::Freeze, Box::new(Arc::clone(&fake)));
+        let c = ctx("r", &[Capability::Freeze]);
+        let freeze = || ActionRequest::Freeze(crate::actions::Workload::CgroupPath("x".into()));
+        let first = broker.request(&c, freeze()).unwrap();
+        let second = broker.request(&c, freeze()).unwrap();
+        // FakeBlock's handles name the action; a real freeze's names the cgroup.
+        let handle = broker.active()[0].handle.clone();
+        for action in lock(&broker.active).values_mut() {
+            action.handle = handle.clone();
+        }
+        let release = |id: &str| ActionRequest::Release {
+            action_id: id.into(),
+        };
+        broker.request(&c, release(&first.id)).unwrap();
+        assert!(
+            lock(&fake.released).is_empty(),
+            "thawed under the second freeze"
+        );
+        broker.request(&c, release(&second.id)).unwrap();
+        assert_eq!(*lock(&fake.released), [handle]);
     }
 
     /// An action the operator's CLI released (gone from the state file) is forgotten; a
