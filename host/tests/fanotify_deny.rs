@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use palisade::actions::fanotify::{
     DenyOpenActuator, DenySettings, OpenDenier, StallPoint, TimeoutDefault,
 };
-use palisade::actions::{ActionRequest, ActiveAction, Actuator, ExecContext, Mode, Outcome};
+use palisade::actions::{
+    ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Mode, Outcome,
+};
 use palisade::capability::Capability;
 
 #[path = "support/root.rs"]
@@ -179,6 +181,51 @@ fn bad_targets_are_rejected() {
     let exe = std::fs::read_link("/proc/self/exe").unwrap();
     assert!(denier.deny(&exe).is_err(), "the daemon's own executable");
     assert!(denier.rules().is_empty());
+}
+
+#[test]
+fn a_path_through_a_user_symlink_is_refused_and_nothing_is_marked() {
+    require_root!("a_path_through_a_user_symlink_is_refused_and_nothing_is_marked");
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = files(dir.path());
+    let actuator = DenyOpenActuator::new(Arc::new(
+        OpenDenier::start(settings(2000, TimeoutDefault::Allow)).unwrap(),
+    ));
+    let ctx = ExecContext {
+        responder: "test",
+        alert_id: "a-1",
+        action_id: "act-1",
+    };
+    // The user's /tmp/x -> a file everyone needs, as the file and as a directory on the way.
+    let link = dir.path().join("x");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let dir_link = dir.path().join("d");
+    std::os::unix::fs::symlink(dir.path(), &dir_link).unwrap();
+    std::os::unix::fs::lchown(&dir_link, Some(65534), Some(65534)).unwrap();
+    for (path, named) in [(link.clone(), &link), (dir_link.join("secret"), &dir_link)] {
+        let req = ActionRequest::DenyOpen {
+            path: path.display().to_string(),
+        };
+        let err = actuator.execute(&ctx, &req).unwrap_err();
+        let ActionError::InvalidTarget(msg) = &err else {
+            panic!("invalid target expected, got {err:?}");
+        };
+        assert!(
+            msg.contains(&named.display().to_string()) && msg.contains("uid 65534"),
+            "{msg}"
+        );
+    }
+    assert!(actuator.denier().rules().is_empty());
+    assert_eq!(child_cat(&secret).unwrap(), "secret\n");
+
+    // A root-owned link is followed: the rule marks the file it leads to.
+    let root_link = dir.path().join("r");
+    std::os::unix::fs::symlink(&secret, &root_link).unwrap();
+    let id = actuator.denier().deny(&root_link).unwrap();
+    assert!(child_cat(&secret).is_err());
+    actuator.denier().allow(&id).unwrap();
+    assert_eq!(child_cat(&secret).unwrap(), "secret\n");
 }
 
 /// A wedged reader: the open returns within about the deadline with the configured default,

@@ -50,7 +50,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,6 +64,7 @@ use palisade_common::enforce as abi;
 use palisade_common::kernel::{self as kabi, KernelOffsets};
 
 use super::fanotify::{DenySettings, ExecCheck, OpenDenier};
+use super::safe_path::{self, SafePathError};
 use crate::mountinfo;
 
 use super::freeze::{CgroupLayout, FreezeActuator, Freezer};
@@ -803,29 +804,51 @@ impl Resolved {
     /// A path rule's keys: the path, its canonical forms and the file's identity; but only
     /// the path itself when it goes through a symlink not owned by root. Following such a
     /// link would block what it points at: a responder answering an alert about
-    /// `/tmp/d/x -> /usr/bin/bash` would stop every shell on the host.
+    /// `/tmp/d/x -> /usr/bin/bash` would stop every shell on the host. The file is opened
+    /// once and the canonical path and identity both come from that walk, so a link swapped
+    /// in after the check cannot choose them.
     fn add_path_rule(&mut self, path: &str) -> Result<(), ActionError> {
-        let Some((link, uid)) = untrusted_symlink(Path::new(path)) else {
-            self.add_path_keys(path)?;
-            self.add_identity(Path::new(path));
-            return Ok(());
-        };
-        tracing::warn!(
-            path,
-            link = %link.display(),
-            owner_uid = uid,
-            "block-exec path goes through a symlink not owned by root: only this exact path \
-             string is blocked, not the file it leads to"
-        );
         check_exec_path(path)?;
-        self.keys.paths.push(path.to_owned());
+        match safe_path::open(Path::new(path)) {
+            Ok(opened) => {
+                for k in keys_with(path, Some(&opened.path)) {
+                    if !self.keys.paths.contains(&k) {
+                        self.keys.paths.push(k);
+                    }
+                }
+                self.add_opened(path, opened.fd);
+            }
+            Err(SafePathError::UntrustedSymlink { link, uid, .. }) => {
+                tracing::warn!(
+                    path,
+                    link = %link.display(),
+                    owner_uid = uid,
+                    "block-exec path goes through a symlink not owned by root: only this exact \
+                     path string is blocked, not the file it leads to"
+                );
+                self.keys.paths.push(path.to_owned());
+            }
+            // No file there (yet): the path string still matches a later exec of that name.
+            Err(error) => {
+                tracing::debug!(path, %error, "block-exec path not resolved; blocking the string");
+                self.keys.paths.push(path.to_owned());
+            }
+        }
         Ok(())
     }
 
-    /// Adds the identity of the file at `path`, when it is an existing regular file.
+    /// Adds the identity of the file at `path`, when it is an existing regular file reached
+    /// without following a symlink not owned by root.
     fn add_identity(&mut self, path: &Path) {
+        if let Ok(opened) = safe_path::open(path) {
+            self.add_opened(&path.display().to_string(), opened.fd);
+        }
+    }
+
+    /// Adds the identity of `fd` (named `path` for people), when it is a regular file.
+    fn add_opened(&mut self, path: &str, fd: OwnedFd) {
         let mounts = self.mounts.get_or_insert_with(mount_devs);
-        if let Some((file, fd)) = file_key(path, mounts) {
+        if let Some(file) = fd_key(&fd, path, mounts) {
             if !self.keys.files.iter().any(|f| f.key() == file.key()) {
                 self.keys.files.push(file);
                 self.pins.push(fd);
@@ -834,29 +857,19 @@ impl Resolved {
     }
 }
 
-/// The identity of the regular file at `path` (symlinks followed) and an `O_PATH` descriptor
-/// holding it; `None` when there is no such file.
+/// The identity of the regular file at `path` (root-owned symlinks followed, no others);
+/// `None` when there is no such file.
 pub fn file_identity(path: &Path) -> Option<FileKey> {
-    file_key(path, &mount_devs()).map(|(k, _)| k)
+    let opened = safe_path::open(path).ok()?;
+    fd_key(&opened.fd, &path.display().to_string(), &mount_devs())
 }
 
-fn file_key(path: &Path, mounts: &MountDevs) -> Option<(FileKey, OwnedFd)> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    let fd = OwnedFd::from(file);
-    let (dev, ino, regular) = statx_identity(&fd, mounts).ok()?;
-    regular.then(|| {
-        (
-            FileKey {
-                dev,
-                ino,
-                path: path.display().to_string(),
-            },
-            fd,
-        )
+fn fd_key(fd: &OwnedFd, path: &str, mounts: &MountDevs) -> Option<FileKey> {
+    let (dev, ino, regular) = statx_identity(fd, mounts).ok()?;
+    regular.then(|| FileKey {
+        dev,
+        ino,
+        path: path.to_owned(),
     })
 }
 
@@ -1070,13 +1083,19 @@ fn is_bpffs(dir: &Path) -> io::Result<bool> {
 }
 
 /// The keys that block `path`: itself, its canonical form, and its aliases through symlinked
-/// bin directories. `path` must be absolute and short enough for a key.
+/// bin directories. `path` must be absolute and short enough for a key. The canonical form is
+/// only taken when no symlink not owned by root leads there.
 pub fn exec_keys(path: &str) -> Result<Vec<String>, ActionError> {
     check_exec_path(path)?;
-    let p = Path::new(path);
+    let canonical = safe_path::open(Path::new(path)).ok().map(|o| o.path);
+    Ok(keys_with(path, canonical.as_deref()))
+}
+
+/// `path`, and `canonical` (its resolved form) with its aliases, where they fit a key.
+fn keys_with(path: &str, canonical: Option<&Path>) -> Vec<String> {
     let mut keys = BTreeSet::from([path.to_owned()]);
-    if let Ok(canonical) = fs::canonicalize(p) {
-        for alias in aliases(&canonical) {
+    if let Some(canonical) = canonical {
+        for alias in aliases(canonical) {
             if let Some(s) = alias.to_str().filter(|s| path_key(s).is_some()) {
                 keys.insert(s.to_owned());
             }
@@ -1085,7 +1104,7 @@ pub fn exec_keys(path: &str) -> Result<Vec<String>, ActionError> {
             keys.insert(s.to_owned());
         }
     }
-    Ok(keys.into_iter().collect())
+    keys.into_iter().collect()
 }
 
 /// A block-exec path must be absolute, without `..`, and fit a path key.
@@ -1103,23 +1122,6 @@ fn check_exec_path(path: &str) -> Result<(), ActionError> {
         )));
     }
     Ok(())
-}
-
-/// The first name along `path` that is a symlink not owned by root, with its owner. Each
-/// prefix is looked at as the kernel reaches it (earlier links followed). Not seen: links
-/// inside the target of a root-owned link (a root link pointing into a user's tree).
-fn untrusted_symlink(path: &Path) -> Option<(PathBuf, u32)> {
-    let mut prefix = PathBuf::new();
-    for component in path.components() {
-        prefix.push(component);
-        let Ok(meta) = fs::symlink_metadata(&prefix) else {
-            return None;
-        };
-        if meta.file_type().is_symlink() && meta.uid() != 0 {
-            return Some((prefix, meta.uid()));
-        }
-    }
-    None
 }
 
 /// Names of `canonical` under each symlinked bin directory whose target contains it.
@@ -1505,7 +1507,10 @@ mod tests {
             assert!(r.keys.paths.len() >= 2, "{:?}", r.keys);
             std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
         }
-        assert_eq!(untrusted_symlink(&link).map(|(p, _)| p), Some(link.clone()));
+        assert!(matches!(
+            safe_path::open(&link),
+            Err(SafePathError::UntrustedSymlink { link: l, .. }) if l == link
+        ));
         let mut r = Resolved::default();
         r.add_path_rule(link_str).unwrap();
         assert_eq!(r.keys.paths, vec![link_str.to_owned()]);
@@ -1514,7 +1519,7 @@ mod tests {
             "identity of the target taken: {:?}",
             r.keys
         );
-        assert_eq!(untrusted_symlink(&target), None);
+        assert!(safe_path::open(&target).is_ok());
     }
 
     #[test]
@@ -1535,7 +1540,15 @@ mod tests {
         let keys = exec_keys(link.to_str().unwrap()).unwrap();
         let canonical = fs::canonicalize(&real).unwrap();
         assert!(keys.contains(&link.display().to_string()));
-        assert!(keys.contains(&canonical.display().to_string()), "{keys:?}");
+        // The canonical form only through a root-owned link (the test's own link when root).
+        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(
+            keys.contains(&canonical.display().to_string()),
+            root,
+            "{keys:?}"
+        );
     }
 
     #[test]
@@ -1616,15 +1629,26 @@ mod tests {
     }
 
     #[test]
-    fn file_identity_uses_the_kernel_device_encoding_and_follows_symlinks() {
+    fn file_identity_uses_the_kernel_device_encoding_and_follows_root_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
         fs::write(&real, b"x").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let meta = fs::metadata(&real).unwrap();
-        let id = file_identity(&link).unwrap();
+        let id = file_identity(&real).unwrap();
         assert_eq!(id.ino, meta.ino());
+        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            assert_eq!(file_identity(&link).map(|k| k.ino), Some(meta.ino()));
+            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        }
+        assert!(
+            file_identity(&link).is_none(),
+            "identity taken through a user's symlink"
+        );
         // On ext4, xfs and tmpfs s_dev and st_dev name the same device, in different
         // encodings (on btrfs and overlayfs st_dev may be another device number).
         let fs_magic = mountinfo::filesystem_magic(dir.path()).unwrap();

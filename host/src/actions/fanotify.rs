@@ -17,7 +17,8 @@
 //! * when the daemon exits, closing the group makes the kernel allow everything still pending.
 //!
 //! Marks are inode marks: the rule follows the file through renames, and a new file created at
-//! the same path is not covered.
+//! the same path is not covered. So the path is resolved following only root-owned symlinks
+//! ([`super::safe_path`]): a user's link would choose which file everyone is denied.
 //!
 //! **Exec content checks.** [`OpenDenier::check_execs`] adds a filesystem mark
 //! (`FAN_MARK_FILESYSTEM`, `FAN_OPEN_EXEC_PERM` only) on every filesystem mounted without
@@ -33,13 +34,13 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::safe_path::{self, SafePathError};
 use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome};
 use crate::mountinfo::{self, Mount, MountinfoError};
 
@@ -392,13 +393,24 @@ impl OpenDenier {
         if !path.is_absolute() {
             return Err(target("an absolute path expected".into()));
         }
-        // O_PATH: pins the inode without opening it (and without a permission event).
-        let pin = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| target(e.to_string()))?;
-        let meta = pin.metadata().map_err(|e| target(e.to_string()))?;
+        // O_PATH: pins the inode without opening it (and without a permission event). A mark
+        // follows the inode, so a user's symlink must not choose it (`/tmp/x -> libc.so.6`
+        // would stop every new process): only root-owned links are followed.
+        let opened = match safe_path::open(path) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if let SafePathError::UntrustedSymlink { link, uid, .. } = &e {
+                    tracing::warn!(
+                        path = %path.display(),
+                        link = %link.display(),
+                        owner_uid = uid,
+                        "deny-open refused: the path goes through a symlink not owned by root"
+                    );
+                }
+                return Err(target(e.to_string()));
+            }
+        };
+        let meta = opened.metadata().map_err(|e| target(e.to_string()))?;
         if !meta.is_file() {
             return Err(target("not a regular file".into()));
         }
@@ -406,7 +418,7 @@ impl OpenDenier {
         if std::fs::metadata("/proc/self/exe").is_ok_and(|m| (m.dev(), m.ino()) == key) {
             return Err(target("the daemon's own executable is never denied".into()));
         }
-        let pin = OwnedFd::from(pin);
+        let pin = opened.fd;
         let mut rules = lock(&self.shared.rules);
         let count = rules.marked.get(&key).copied().unwrap_or(0);
         if count == 0 {

@@ -28,6 +28,7 @@ pub mod fanotify;
 pub mod freeze;
 pub mod kill;
 pub mod quarantine;
+pub mod safe_path;
 pub mod store;
 pub mod webhook;
 

@@ -4,10 +4,17 @@
 //! owner, mode and times. A move within one filesystem is a rename; across filesystems it is
 //! copy, fsync, unlink. It only ever touches regular files, never follows a symlink, never
 //! overwrites anything on restore, and never quarantines its own directory's contents.
+//!
+//! The original's directory is opened once with [`safe_path::open_parent`] (no symlink
+//! followed unless root owns it) and every operation on the original is relative to that
+//! descriptor: a user who swaps their directory for a symlink (`/tmp/a -> /etc`) between the
+//! alert and the request, or during a copy, or before a restore, gets a refusal instead of
+//! root acting in the link's target.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::audit::{now_ns, rfc3339};
+use super::safe_path::{self, SafePathError};
 use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome};
 
 /// Default quarantine directory (the `actions.quarantine_dir` default).
@@ -48,6 +56,12 @@ pub struct QuarantineRecord {
     /// When it was quarantined (RFC 3339) and the same instant in ns since the Unix epoch.
     pub quarantined_at: String,
     pub ts_ns: u64,
+    /// Device and inode of the original's directory when quarantined (absent in records
+    /// written before they were kept); a restore into another directory there is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_dev: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ino: Option<u64>,
 }
 
 impl QuarantineRecord {
@@ -113,7 +127,21 @@ impl QuarantineActuator {
                 "{path:?}: an absolute path expected"
             )));
         }
-        let meta = fs::symlink_metadata(&original).map_err(|e| match e.kind() {
+        let (parent, name) = safe_path::open_parent(&original).map_err(|e| {
+            unsafe_path_error("quarantine", &e).unwrap_or_else(|| {
+                if e.is_not_found() {
+                    ActionError::InvalidTarget(format!("{path}: no such file"))
+                } else {
+                    ActionError::Failed(e.to_string())
+                }
+            })
+        })?;
+        let parent_meta = parent
+            .metadata()
+            .map_err(|e| ActionError::Failed(format!("{}: {e}", parent.path.display())))?;
+        let parent_path = parent.path.clone();
+        let src = At::in_dir(parent.fd, &name, original.clone())?;
+        let meta = src.lstat().map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ActionError::InvalidTarget(format!("{path}: no such file")),
             _ => ActionError::Failed(format!("{path}: {e}")),
         })?;
@@ -125,12 +153,10 @@ impl QuarantineActuator {
         self.ensure_dir()?;
         let qdir = fs::canonicalize(&self.dir)
             .map_err(|e| ActionError::Failed(format!("{}: {e}", self.dir.display())))?;
-        if let Some(parent) = original.parent().and_then(|p| fs::canonicalize(p).ok()) {
-            if parent.starts_with(&qdir) {
-                return Err(ActionError::InvalidTarget(format!(
-                    "{path} is inside the quarantine directory"
-                )));
-            }
+        if parent_path.starts_with(&qdir) {
+            return Err(ActionError::InvalidTarget(format!(
+                "{path} is inside the quarantine directory"
+            )));
         }
 
         let stem = file_stem_for(ctx.action_id);
@@ -144,11 +170,12 @@ impl QuarantineActuator {
             )));
         }
 
-        let sha256 = move_in(&original, &meta, &data)?;
+        let data_at = At::path(&data)?;
+        let sha256 = move_in(&src, &meta, &data_at)?;
         let fail_back = |err: ActionError| {
             // Best effort: put the file back where it was, so a failed quarantine leaves the
             // system as it found it.
-            if let Err(e) = move_out(&data, &original, &meta_owner(&meta)) {
+            if let Err(e) = move_out(&data_at, &src, &meta_owner(&meta)) {
                 tracing::error!(path, quarantined = %data.display(), error = %e, "could not undo a failed quarantine; the file stays in quarantine");
             }
             err
@@ -180,6 +207,8 @@ impl QuarantineActuator {
             nlink: meta.nlink(),
             quarantined_at: rfc3339(ts_ns),
             ts_ns,
+            parent_dev: Some(parent_meta.dev()),
+            parent_ino: Some(parent_meta.ino()),
         };
         if let Err(e) = write_record(&record_path, &record) {
             return Err(fail_back(e));
@@ -247,7 +276,33 @@ impl QuarantineActuator {
             )));
         }
         let original = &record.original_path;
-        if fs::symlink_metadata(original).is_ok() {
+        // The directory is opened as at quarantine time: a user's symlink there now would make
+        // root write the file wherever it points.
+        let (parent, name) = safe_path::open_parent(original).map_err(|e| {
+            unsafe_path_error("restore", &e).unwrap_or_else(|| {
+                if e.is_not_found() {
+                    ActionError::InvalidTarget(format!(
+                        "the directory of {} is gone",
+                        original.display()
+                    ))
+                } else {
+                    ActionError::Failed(format!("not restored: {e}"))
+                }
+            })
+        })?;
+        if let (Some(dev), Some(ino), Ok(now)) =
+            (record.parent_dev, record.parent_ino, parent.metadata())
+        {
+            if (now.dev(), now.ino()) != (dev, ino) {
+                tracing::warn!(
+                    path = %original.display(),
+                    dir = %parent.path.display(),
+                    "restoring into a directory that is not the one the file was quarantined from"
+                );
+            }
+        }
+        let dst = At::in_dir(parent.fd, &name, original.clone())?;
+        if dst.lstat().is_ok() {
             return Err(ActionError::InvalidTarget(format!(
                 "{} exists again; restoring would overwrite it",
                 original.display()
@@ -266,7 +321,7 @@ impl QuarantineActuator {
             mtime_ns: record.mtime_ns,
             atime_ns: record.atime_ns,
         };
-        move_out(&data, original, &owner)?;
+        move_out(&At::path(&data)?, &dst, &owner)?;
         if let Err(e) = fs::remove_file(record_path) {
             tracing::warn!(record = %record_path.display(), error = %e, "file restored but its quarantine record could not be removed");
         }
@@ -321,86 +376,189 @@ fn file_stem_for(action_id: &str) -> String {
     }
 }
 
+/// The refusal of a path through a symlink not owned by root, logged; `None` for other
+/// resolution errors.
+fn unsafe_path_error(op: &str, e: &SafePathError) -> Option<ActionError> {
+    let SafePathError::UntrustedSymlink { path, link, uid } = e else {
+        return None;
+    };
+    tracing::warn!(
+        path = %path.display(),
+        link = %link.display(),
+        owner_uid = uid,
+        "{op} refused: the path goes through a symlink not owned by root"
+    );
+    Some(ActionError::InvalidTarget(format!("{op} refused: {e}")))
+}
+
+/// A name to act on without resolving a path again: `name` in the directory `dir` (the
+/// original's directory, opened by [`safe_path`]), or, with no `dir`, the absolute `name`
+/// (a file in the root-only quarantine directory, where nobody else can swap anything).
+/// `shown` is the path for messages.
+#[derive(Debug)]
+struct At {
+    dir: Option<OwnedFd>,
+    name: CString,
+    shown: PathBuf,
+}
+
+impl At {
+    fn in_dir(dir: OwnedFd, name: &std::ffi::OsStr, shown: PathBuf) -> Result<At, ActionError> {
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| ActionError::InvalidTarget(format!("{}: NUL in name", shown.display())))?;
+        Ok(At {
+            dir: Some(dir),
+            name,
+            shown,
+        })
+    }
+
+    fn path(path: &Path) -> Result<At, ActionError> {
+        let name = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| ActionError::InvalidTarget(format!("{}: NUL in name", path.display())))?;
+        Ok(At {
+            dir: None,
+            name,
+            shown: path.to_owned(),
+        })
+    }
+
+    fn dirfd(&self) -> RawFd {
+        self.dir.as_ref().map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd)
+    }
+
+    fn open(&self, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+        safe_path::openat(self.dirfd(), &self.name, flags | libc::O_NOFOLLOW, mode).map(File::from)
+    }
+
+    /// lstat(2) of the name.
+    fn lstat(&self) -> io::Result<fs::Metadata> {
+        self.open(libc::O_PATH, 0)?.metadata()
+    }
+
+    fn unlink(&self) -> io::Result<()> {
+        // SAFETY: a NUL-terminated name that outlives the call; the kernel checks the dirfd.
+        #[expect(unsafe_code, reason = "unlinkat has no safe wrapper in std")]
+        let rc = unsafe { libc::unlinkat(self.dirfd(), self.name.as_ptr(), 0) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// fsync of the directory holding the name (best effort, as [`sync_dir`]).
+    fn sync_dir(&self) {
+        match &self.dir {
+            Some(dir) => {
+                if let Ok(d) =
+                    safe_path::openat(dir.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                {
+                    let _ = File::from(d).sync_all();
+                }
+            }
+            None => sync_parent(&self.shown),
+        }
+    }
+}
+
 /// Moves `original` (whose lstat was `meta`) to `data`; returns the contents' sha256.
-fn move_in(original: &Path, meta: &fs::Metadata, data: &Path) -> Result<String, ActionError> {
+fn move_in(original: &At, meta: &fs::Metadata, data: &At) -> Result<String, ActionError> {
+    let changed = || {
+        ActionError::InvalidTarget(format!(
+            "{} changed while being quarantined; left in place",
+            original.shown.display()
+        ))
+    };
     match rename_noreplace(original, data) {
         Ok(()) => {
             // The name may have been swapped for something else between the lstat and the
             // rename: check that what arrived is the file that was inspected.
-            let moved = fs::symlink_metadata(data)
-                .map_err(|e| ActionError::Failed(format!("{}: {e}", data.display())))?;
+            let moved = data
+                .lstat()
+                .map_err(|e| ActionError::Failed(format!("{}: {e}", data.shown.display())))?;
             if moved.dev() != meta.dev()
                 || moved.ino() != meta.ino()
                 || !moved.file_type().is_file()
             {
                 let _ = rename_noreplace(data, original);
-                return Err(ActionError::InvalidTarget(format!(
-                    "{} changed while being quarantined; left in place",
-                    original.display()
-                )));
+                return Err(changed());
             }
-            sync_parent(original);
-            sync_dir(data.parent().unwrap_or(Path::new("/")));
-            hash_file(data).map_err(|e| ActionError::Failed(format!("{}: {e}", data.display())))
+            original.sync_dir();
+            data.sync_dir();
+            hash_file(&data.shown)
+                .map_err(|e| ActionError::Failed(format!("{}: {e}", data.shown.display())))
         }
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let digest = copy_across(original, Some(meta), data, None)?;
-            fs::remove_file(original).map_err(|e| {
-                let _ = fs::remove_file(data);
-                ActionError::Failed(format!(
-                    "cannot unlink {} after copying it: {e}",
-                    original.display()
-                ))
-            })?;
-            sync_parent(original);
+            // Unlink in the directory the copy came from, and only the inode copied.
+            let unlinked = match original.lstat() {
+                Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {
+                    original.unlink().map_err(|e| {
+                        ActionError::Failed(format!(
+                            "cannot unlink {} after copying it: {e}",
+                            original.shown.display()
+                        ))
+                    })
+                }
+                Ok(_) => Err(changed()),
+                Err(e) => Err(ActionError::Failed(format!(
+                    "{} after copying it: {e}",
+                    original.shown.display()
+                ))),
+            };
+            if let Err(e) = unlinked {
+                let _ = data.unlink();
+                return Err(e);
+            }
+            original.sync_dir();
             Ok(digest)
         }
         Err(e) => Err(ActionError::Failed(format!(
             "cannot move {} to {}: {e}",
-            original.display(),
-            data.display()
+            original.shown.display(),
+            data.shown.display()
         ))),
     }
 }
 
 /// Moves the quarantined `data` back to `original` with `owner`'s owner, mode and times.
-fn move_out(data: &Path, original: &Path, owner: &Owner) -> Result<(), ActionError> {
+fn move_out(data: &At, original: &At, owner: &Owner) -> Result<(), ActionError> {
     // Set ownership while the file is still in the root-only directory, so the file never
     // appears at its old path with the wrong owner or mode. chown before chmod: chown clears
     // setuid/setgid bits.
-    apply_owner(data, owner)?;
+    apply_owner(&data.shown, owner)?;
     match rename_noreplace(data, original) {
         Ok(()) => {
-            sync_parent(original);
-            sync_parent(data);
+            original.sync_dir();
+            data.sync_dir();
             Ok(())
         }
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             copy_across(data, None, original, Some(owner))?;
-            fs::remove_file(data).map_err(|e| {
+            data.unlink().map_err(|e| {
                 ActionError::Failed(format!(
                     "restored, but cannot remove the quarantined copy {}: {e}",
-                    data.display()
+                    data.shown.display()
                 ))
             })?;
-            sync_parent(data);
+            data.sync_dir();
             Ok(())
         }
         Err(e) => {
-            let _ = lock_down(data);
+            let _ = lock_down(&data.shown);
             Err(match e.raw_os_error() {
                 Some(libc::EEXIST) => ActionError::InvalidTarget(format!(
                     "{} exists again; restoring would overwrite it",
-                    original.display()
+                    original.shown.display()
                 )),
                 Some(libc::ENOENT) => ActionError::InvalidTarget(format!(
                     "the directory of {} is gone",
-                    original.display()
+                    original.shown.display()
                 )),
                 _ => ActionError::Failed(format!(
                     "cannot move {} back to {}: {e}",
-                    data.display(),
-                    original.display()
+                    data.shown.display(),
+                    original.shown.display()
                 )),
             })
         }
@@ -411,18 +569,16 @@ fn move_out(data: &Path, original: &Path, owner: &Owner) -> Result<(), ActionErr
 /// With `expect`, `from` must still be the inode that was inspected; with `owner`, the copy
 /// gets that owner, mode and times, else it is left root-only (0000).
 fn copy_across(
-    from: &Path,
+    from: &At,
     expect: Option<&fs::Metadata>,
-    to: &Path,
+    to: &At,
     owner: Option<&Owner>,
 ) -> Result<String, ActionError> {
-    let failed = |what: &str, p: &Path, e: io::Error| {
-        ActionError::Failed(format!("{what} {}: {e}", p.display()))
+    let failed = |what: &str, p: &At, e: io::Error| {
+        ActionError::Failed(format!("{what} {}: {e}", p.shown.display()))
     };
-    let mut src = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(from)
+    let mut src = from
+        .open(libc::O_RDONLY, 0)
         .map_err(|e| failed("cannot open", from, e))?;
     let src_meta = src.metadata().map_err(|e| failed("cannot stat", from, e))?;
     if let Some(meta) = expect {
@@ -432,20 +588,17 @@ fn copy_across(
         {
             return Err(ActionError::InvalidTarget(format!(
                 "{} changed while being quarantined; left in place",
-                from.display()
+                from.shown.display()
             )));
         }
     }
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(to)
+    let mut dst = to
+        .open(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::EEXIST) => {
-                ActionError::InvalidTarget(format!("{} exists; not overwritten", to.display()))
-            }
+            Some(libc::EEXIST) => ActionError::InvalidTarget(format!(
+                "{} exists; not overwritten",
+                to.shown.display()
+            )),
             _ => failed("cannot create", to, e),
         })?;
     let result = (|| -> Result<String, ActionError> {
@@ -464,7 +617,7 @@ fn copy_across(
                 .map_err(|e| failed("cannot write", to, e))?;
         }
         match owner {
-            Some(owner) => apply_owner_fd(&dst, to, owner)?,
+            Some(owner) => apply_owner_fd(&dst, &to.shown, owner)?,
             None => dst
                 .set_permissions(fs::Permissions::from_mode(0o000))
                 .map_err(|e| failed("cannot chmod", to, e))?,
@@ -473,9 +626,9 @@ fn copy_across(
         Ok(hex::encode(hasher.finalize()))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(to);
+        let _ = to.unlink();
     } else {
-        sync_parent(to);
+        to.sync_dir();
     }
     result
 }
@@ -555,15 +708,10 @@ fn is_root() -> bool {
     euid == 0
 }
 
-/// rename(2) that fails with EEXIST instead of replacing an existing target.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    };
-    let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths that outlive the call; AT_FDCWD resolves them like
-    // rename(2); RENAME_NOREPLACE is a plain flag.
+/// renameat2(2) that fails with EEXIST instead of replacing an existing target.
+fn rename_noreplace(from: &At, to: &At) -> io::Result<()> {
+    // SAFETY: two NUL-terminated names that outlive the call, each relative to its directory
+    // descriptor (or AT_FDCWD for an absolute name); RENAME_NOREPLACE is a plain flag.
     #[expect(
         unsafe_code,
         reason = "renameat2 through the raw syscall (no glibc version dependency)"
@@ -571,10 +719,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let rc = unsafe {
         libc::syscall(
             libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
+            from.dirfd(),
+            from.name.as_ptr(),
+            to.dirfd(),
+            to.name.as_ptr(),
             libc::RENAME_NOREPLACE,
         )
     };
@@ -755,5 +903,100 @@ mod tests {
             );
         }
         assert!(target.exists() && link.exists());
+    }
+
+    /// Makes `link` a symlink to `target` owned by a user (nobody, when the tests run as root;
+    /// else the test user, who is not root either).
+    fn user_symlink(target: &Path, link: &Path) {
+        std::os::unix::fs::symlink(target, link).unwrap();
+        if is_root() {
+            std::os::unix::fs::lchown(link, Some(65534), Some(65534)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_user_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QuarantineActuator::new(dir.path().join("q"));
+        // The alert named a/shadow; then the user replaced their directory a with a link to
+        // a directory of root's ("etc").
+        let a = dir.path().join("a");
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("shadow"), b"user's").unwrap();
+        let etc = dir.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(etc.join("shadow"), b"root's").unwrap();
+        fs::rename(&a, dir.path().join("a.old")).unwrap();
+        user_symlink(&etc, &a);
+
+        let err = q
+            .quarantine(a.join("shadow").to_str().unwrap(), &ctx("act-swap"))
+            .unwrap_err();
+        let ActionError::InvalidTarget(msg) = &err else {
+            panic!("invalid target expected, got {err:?}");
+        };
+        assert!(
+            msg.contains("symlink") && msg.contains(&a.display().to_string()),
+            "{msg}"
+        );
+        assert_eq!(fs::read(etc.join("shadow")).unwrap(), b"root's");
+        assert!(!q.dir().join("act-swap.data").exists());
+    }
+
+    #[test]
+    fn restore_into_a_directory_that_became_a_user_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QuarantineActuator::new(dir.path().join("q"));
+        let a = dir.path().join("a");
+        fs::create_dir(&a).unwrap();
+        let file = a.join("payload.sh");
+        fs::write(&file, b"#!/bin/sh\n").unwrap();
+        let (record, handle) = q.quarantine(file.to_str().unwrap(), &ctx("act-r")).unwrap();
+        let parent = fs::metadata(&a).unwrap();
+        assert_eq!(
+            (record.parent_dev, record.parent_ino),
+            (Some(parent.dev()), Some(parent.ino()))
+        );
+        // The user points a at a directory root trusts (profile.d, say).
+        let trusted = dir.path().join("profile.d");
+        fs::create_dir(&trusted).unwrap();
+        let moved = dir.path().join("a.old");
+        fs::rename(&a, &moved).unwrap();
+        user_symlink(&trusted, &a);
+
+        let err = q.restore(&handle).unwrap_err();
+        assert!(
+            matches!(&err, ActionError::InvalidTarget(m) if m.contains("symlink")),
+            "{err:?}"
+        );
+        assert!(!trusted.join("payload.sh").exists());
+        // Still quarantined, record intact.
+        assert_eq!(q.read_record(&handle).unwrap(), record);
+        assert!(fs::symlink_metadata(q.dir().join(&record.stored_as)).is_ok());
+
+        // The real directory back: the restore goes through.
+        fs::remove_file(&a).unwrap();
+        fs::rename(&moved, &a).unwrap();
+        q.restore(&handle).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"#!/bin/sh\n");
+    }
+
+    #[test]
+    fn records_without_the_parent_identity_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QuarantineActuator::new(dir.path().join("q"));
+        fs::create_dir_all(q.dir()).unwrap();
+        let record = q.dir().join("old.json");
+        fs::write(
+            &record,
+            r#"{"version":1,"action_id":"a","alert_id":"b","responder":"r",
+            "original_path":"/tmp/x","stored_as":"old.data","sha256":"00","size":1,"uid":0,
+            "gid":0,"mode":"0644","mtime_ns":0,"atime_ns":0,"nlink":1,
+            "quarantined_at":"2026-01-01T00:00:00Z","ts_ns":0}"#,
+        )
+        .unwrap();
+        let r = q.read_record(&record).unwrap();
+        assert_eq!((r.parent_dev, r.parent_ino), (None, None));
+        assert!(!serde_json::to_string(&r).unwrap().contains("parent_"));
     }
 }
