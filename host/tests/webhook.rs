@@ -27,7 +27,8 @@ struct Received {
     body: serde_json::Value,
 }
 
-/// A tiny HTTP/1.1 server: answers `fail_first` requests with `fail_status`, the rest with 200.
+/// A tiny HTTP/1.1 server: answers `fail_first` requests with `fail_status`, and any request
+/// whose body contains `poison` with 503, the rest with 200.
 struct Receiver {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<Received>>>,
@@ -37,6 +38,15 @@ struct Receiver {
 
 impl Receiver {
     fn start(addr: &str, fail_first: usize, fail_status: u16) -> Receiver {
+        Receiver::start_with(addr, fail_first, fail_status, None)
+    }
+
+    fn start_with(
+        addr: &str,
+        fail_first: usize,
+        fail_status: u16,
+        poison: Option<&'static str>,
+    ) -> Receiver {
         let listener = TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -75,7 +85,14 @@ impl Receiver {
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap();
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                let status = if n < fail_first { fail_status } else { 200 };
+                let poisoned = poison.is_some_and(|p| String::from_utf8_lossy(&body).contains(p));
+                let status = if poisoned {
+                    503
+                } else if n < fail_first {
+                    fail_status
+                } else {
+                    200
+                };
                 let mut stream = stream;
                 if status == 200 {
                     g.lock().unwrap().push(Received {
@@ -288,4 +305,40 @@ fn https_and_garbage_urls_are_refused_at_start() {
         let err = WebhookSink::start(s).err().unwrap().to_string();
         assert!(err.contains(url), "{err}");
     }
+}
+
+/// One notification the endpoint keeps failing (503 every time) does not hold back the ones
+/// behind it; it stays spooled and is retried.
+#[test]
+fn a_notification_that_keeps_failing_does_not_block_the_others() {
+    let spool = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start_with("127.0.0.1:0", 0, 200, Some("poison"));
+    let sink = WebhookSink::start(settings(
+        receiver.addr,
+        spool.path(),
+        WebhookFormat::Generic,
+    ))
+    .unwrap();
+    sink.notify("r", "ops", "poison", "a-0").unwrap();
+    for i in 1..=3 {
+        sink.notify("r", "ops", &format!("fine {i}"), &format!("a-{i}"))
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    while receiver.received().len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "held back behind the failing one: {:?}",
+            receiver.received()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let messages: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.body["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages, ["fine 1", "fine 2", "fine 3"]);
+    assert_eq!(sink.pending(), 1);
+    assert_eq!(spool_files(spool.path()), 1);
 }

@@ -462,6 +462,12 @@ impl Courier {
                         }
                     }
                     backoff = (backoff * 2).min(self.settings.retry_max);
+                    // The failed one goes to the back: a notification the endpoint keeps
+                    // refusing with a 5xx must not hold back every one behind it. (With the
+                    // endpoint down they all fail in turn; a restart resends in spool order.)
+                    if let Some(failed) = self.queue.pop_front() {
+                        self.queue.push_back(failed);
+                    }
                 }
             }
         }
