@@ -437,31 +437,32 @@ impl Broker {
     fn undo(&self, action: ActiveAction) -> (Result<Receipt, ActionError>, Mode, Option<String>) {
         let mode = action.mode;
         let alert = Some(action.alert_id.clone());
+        let done = |id: String| (Ok(Receipt { id, mode }), mode, alert.clone());
+        // The release is claimed in the state file, under its lock, before anything is undone:
+        // the operator's CLI and this daemon may release one action at once, and only the one
+        // that takes it out of the file undoes it (undoing twice would drop another action's
+        // holder count of the same block-exec key).
+        let mut claimed = false;
         if let Some(store) = self.store.get() {
-            let was_persisted = lock(&self.persisted).contains(&action.id);
-            if let (true, Ok(None)) = (was_persisted, store.get(&action.id)) {
-                lock(&self.persisted).remove(&action.id);
-                tracing::info!(action_id = %action.id, "action was already released outside this daemon");
-                return (
-                    Ok(Receipt {
-                        id: action.id,
-                        mode,
-                    }),
-                    mode,
-                    alert,
-                );
+            let was_persisted = lock(&self.persisted).remove(&action.id);
+            match store.remove(&action.id) {
+                Ok(Some(_)) => claimed = true,
+                Ok(None) if was_persisted => {
+                    tracing::info!(action_id = %action.id, "action was already released outside this daemon");
+                    return done(action.id);
+                }
+                // Never written (its write failed): this release is the only one.
+                Ok(None) => {}
+                Err(error) => {
+                    if was_persisted {
+                        lock(&self.persisted).insert(action.id.clone());
+                    }
+                    tracing::error!(%error, action_id = %action.id, "released action still in the state file");
+                }
             }
         }
         if mode == Mode::Monitor {
-            self.unpersist(&action.id);
-            return (
-                Ok(Receipt {
-                    id: action.id,
-                    mode,
-                }),
-                mode,
-                alert,
-            );
+            return done(action.id);
         }
         let other_holder = shared_by_holders(action.capability)
             .then(|| {
@@ -487,18 +488,12 @@ impl Broker {
             ))),
         };
         match result {
-            Ok(()) => {
-                self.unpersist(&action.id);
-                (
-                    Ok(Receipt {
-                        id: action.id,
-                        mode,
-                    }),
-                    mode,
-                    alert,
-                )
-            }
+            Ok(()) => done(action.id),
             Err(e) => {
+                // Still in effect: listed again, in memory and in the file.
+                if claimed {
+                    self.persist(&action);
+                }
                 lock(&self.active).insert(action.id.clone(), action);
                 (Err(e), mode, alert)
             }
@@ -884,6 +879,47 @@ mod tests {
             broker.request(&ctx("r", &[]), block()),
             Err(ActionError::Denied(Capability::BlockExec))
         );
+    }
+
+    /// One action released by its responder in the daemon and by the operator's CLI: only the
+    /// first undoes it. A release whose undo fails keeps the action in the state file.
+    #[test]
+    fn a_release_is_undone_once_and_a_failed_one_stays_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker_with = |fake: &Arc<FakeBlock>| {
+            let b = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+                .unwrap()
+                .with_actuator(Capability::BlockExec, Box::new(Arc::clone(fake)));
+            b.attach_store(ActionStore::open(dir.path()).unwrap())
+                .unwrap();
+            b
+        };
+        let daemon_fake = Arc::new(FakeBlock::default());
+        let daemon = broker_with(&daemon_fake);
+        let c = ctx("r", &[Capability::BlockExec]);
+        let receipt = daemon.request(&c, block()).unwrap();
+        let cli_fake = Arc::new(FakeBlock::default());
+        let cli = broker_with(&cli_fake);
+        let release = ActionRequest::Release {
+            action_id: receipt.id.clone(),
+        };
+        daemon.request(&c, release).unwrap();
+        cli.release_as_operator(&receipt.id).unwrap();
+        assert_eq!(lock(&daemon_fake.released).len(), 1);
+        assert!(lock(&cli_fake.released).is_empty(), "undone twice");
+
+        let failing = Arc::new(FakeBlock {
+            fail_release: true,
+            ..FakeBlock::default()
+        });
+        let broker = broker_with(&failing);
+        let kept = broker.request(&c, block()).unwrap();
+        let release = ActionRequest::Release {
+            action_id: kept.id.clone(),
+        };
+        assert!(broker.request(&c, release).is_err());
+        assert!(ActionStore::at(dir.path()).get(&kept.id).unwrap().is_some());
+        assert_eq!(broker.active().len(), 1);
     }
 
     /// Two freezes of one cgroup: releasing the first leaves it frozen, the second thaws it.
