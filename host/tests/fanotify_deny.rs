@@ -419,6 +419,62 @@ fn operator_release_of_a_deny_open_is_lifted_by_the_daemon() {
     assert_eq!(daemon.reconcile_released(), 0);
 }
 
+/// A slow exec check (hashing a large file) runs beside the reader: while one exec waits on
+/// it, a denied open is refused and an exec the check answers at once runs, without waiting.
+#[test]
+fn a_slow_exec_check_does_not_hold_up_other_answers() {
+    require_root!("a_slow_exec_check_does_not_hold_up_other_answers");
+    use palisade::actions::fanotify::ExecCheck;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    /// Takes `delay` to allow the exec of inode `ino`; knows every other answer at once.
+    struct SlowFor {
+        ino: u64,
+        delay: Duration,
+    }
+    impl ExecCheck for SlowFor {
+        fn allow_exec(&self, _pid: i32, _file: &std::fs::File, meta: &std::fs::Metadata) -> bool {
+            if meta.ino() == self.ino {
+                std::thread::sleep(self.delay);
+            }
+            true
+        }
+        fn known_verdict(&self, _pid: i32, meta: &std::fs::Metadata) -> Option<bool> {
+            (meta.ino() != self.ino).then_some(true)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = files(dir.path());
+    let slow = dir.path().join("slow");
+    std::fs::copy("/bin/true", &slow).unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let delay = Duration::from_secs(3);
+    let denier = OpenDenier::start(settings(20_000, TimeoutDefault::Allow)).unwrap();
+    denier.deny(&secret).unwrap();
+    denier
+        .check_execs(Arc::new(SlowFor {
+            ino: std::fs::metadata(&slow).unwrap().ino(),
+            delay,
+        }))
+        .unwrap();
+    let started = Instant::now();
+    let slow_child = std::thread::spawn(move || Command::new(&slow).status().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    assert!(child_cat(&secret).is_err(), "denied open allowed");
+    assert!(Command::new("/bin/true").status().unwrap().success());
+    let quick = t0.elapsed();
+    assert!(
+        quick < Duration::from_millis(1500),
+        "answers waited on the slow check: {quick:?}"
+    );
+    assert!(slow_child.join().unwrap().success());
+    assert!(
+        started.elapsed() >= delay,
+        "the slow exec did not wait for its check"
+    );
+    denier.stop_exec_checks().unwrap();
+}
+
 /// Cost of one permission round trip: a child opens a denied file in a loop (every open is an
 /// event the reader answers) against the same loop on an unmarked file. Ignored by default:
 /// `cargo test -p palisade-host --test fanotify_deny -- --ignored --nocapture`.

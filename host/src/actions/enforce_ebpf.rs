@@ -929,7 +929,7 @@ fn cache_key(meta: &fs::Metadata) -> HashCacheKey {
 /// descriptor) and denies when the pinned `BLOCK_EXEC_SHA256` map holds the hash.
 struct HashCheck {
     pin: PathBuf,
-    map: Mutex<Option<BpfHashMap<MapData, [u8; 32], abi::BlockRefs>>>,
+    map: Mutex<Option<Sha256Map>>,
     cache: Mutex<HashMap<HashCacheKey, [u8; 32]>>,
     checked: AtomicU64,
     hashed: AtomicU64,
@@ -980,22 +980,57 @@ impl HashCheck {
 }
 
 impl ExecCheck for HashCheck {
-    fn allow_exec(&self, pid: i32, file: &fs::File, meta: &fs::Metadata) -> bool {
+    /// On the fanotify reader: a cached hash, no sha256 rule left, or a file too large to hash.
+    fn known_verdict(&self, pid: i32, meta: &fs::Metadata) -> Option<bool> {
         let started = std::time::Instant::now();
-        let hashed_before = self.hashed.load(Ordering::Relaxed);
-        let allow = self.verdict(pid, file, meta);
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if self.hashed.load(Ordering::Relaxed) != hashed_before {
-            self.hashed_ns.fetch_add(ns, Ordering::Relaxed);
-        } else {
+        let verdict = self
+            .with_map(|hashes| {
+                let cached = lock(&self.cache).get(&cache_key(meta)).copied();
+                match cached {
+                    Some(hash) => Some(self.judge(pid, hashes, hash)),
+                    // No sha256 rule left (released from the CLI): nothing to hash. One
+                    // BPF_MAP_GET_NEXT_KEY call for the first key, whatever the map's size.
+                    None if hashes.keys().next().is_none() => Some(true),
+                    None if meta.len() > HASH_MAX_BYTES => {
+                        self.too_large.fetch_add(1, Ordering::Relaxed);
+                        Some(true)
+                    }
+                    None => None,
+                }
+            })
+            .unwrap_or(Some(true));
+        if verdict.is_some() {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.cached_ns.fetch_add(ns, Ordering::Relaxed);
         }
+        verdict
+    }
+
+    /// On an exec-check thread: hashes the file (the map is not locked meanwhile, so the other
+    /// checker and the reader's cached answers go on).
+    fn allow_exec(&self, pid: i32, file: &fs::File, meta: &fs::Metadata) -> bool {
+        if let Some(allow) = self.known_verdict(pid, meta) {
+            return allow;
+        }
+        let started = std::time::Instant::now();
+        let Some(hash) = self.hash_file(file, cache_key(meta)) else {
+            return true;
+        };
+        let allow = self
+            .with_map(|hashes| self.judge(pid, hashes, hash))
+            .unwrap_or(true);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.hashed_ns.fetch_add(ns, Ordering::Relaxed);
         allow
     }
 }
 
+type Sha256Map = BpfHashMap<MapData, [u8; 32], abi::BlockRefs>;
+
 impl HashCheck {
-    fn verdict(&self, pid: i32, file: &fs::File, meta: &fs::Metadata) -> bool {
+    /// `f` on the pinned sha256 map (opened on first use); `None` when it cannot be opened
+    /// (logged: execs are then allowed).
+    fn with_map<R>(&self, f: impl FnOnce(&Sha256Map) -> R) -> Option<R> {
         let mut map = lock(&self.map);
         if map.is_none() {
             match MapData::from_pin(&self.pin)
@@ -1005,33 +1040,15 @@ impl HashCheck {
                 Ok(m) => *map = Some(m),
                 Err(error) => {
                     tracing::error!(pin = %self.pin.display(), %error, "block-exec: sha256 map unreadable; exec allowed");
-                    return true;
+                    return None;
                 }
             }
         }
-        let Some(hashes) = map.as_ref() else {
-            return true;
-        };
-        let key = cache_key(meta);
-        let cached = lock(&self.cache).get(&key).copied();
-        let hash = match cached {
-            Some(h) => h,
-            None => {
-                // No sha256 rule left (released from the CLI): nothing to hash. One
-                // BPF_MAP_GET_NEXT_KEY call for the first key, whatever the map's size.
-                if hashes.keys().next().is_none() {
-                    return true;
-                }
-                if meta.len() > HASH_MAX_BYTES {
-                    self.too_large.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                let Some(h) = self.hash_file(file, key) else {
-                    return true;
-                };
-                h
-            }
-        };
+        map.as_ref().map(f)
+    }
+
+    /// Whether the exec of a file with this `hash` may go on.
+    fn judge(&self, pid: i32, hashes: &Sha256Map, hash: [u8; 32]) -> bool {
         self.checked.fetch_add(1, Ordering::Relaxed);
         if hashes.get(&hash, 0).is_ok() {
             self.denied.fetch_add(1, Ordering::Relaxed);

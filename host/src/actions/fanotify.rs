@@ -115,12 +115,38 @@ pub enum StallPoint {
 }
 
 /// Decides on the exec of a file no deny rule names while [`OpenDenier::check_execs`] is on.
-/// Called on the reader thread for every exec on the marked filesystems, so it must be quick
-/// when it can (cache) and must never open files (that could wait on this very reader).
+/// The reader thread asks [`ExecCheck::known_verdict`] first; what that cannot answer goes to
+/// the exec-check threads ([`EXEC_CHECKERS`]), so a slow check (hashing a large file) never
+/// holds up the reader's other answers. It must never open files (that could wait on a
+/// permission event this very group has to answer).
 pub trait ExecCheck: Send + Sync {
     /// `true` allows the exec. `file` is the event's descriptor of the executed file, opened by
-    /// the kernel for us (reading it raises no permission event); `meta` its metadata.
+    /// the kernel for us (reading it raises no permission event); `meta` its metadata. May be
+    /// slow; runs on an exec-check thread.
     fn allow_exec(&self, pid: i32, file: &File, meta: &std::fs::Metadata) -> bool;
+
+    /// The answer when it is known without slow work (a cached hash, nothing to check), on
+    /// the reader thread; `None` sends the exec to [`ExecCheck::allow_exec`].
+    fn known_verdict(&self, _pid: i32, _meta: &std::fs::Metadata) -> Option<bool> {
+        None
+    }
+}
+
+/// Threads running slow exec checks. A user who execs many large, fresh files can keep them
+/// busy; the execs queued behind then get the timeout default, but opens and execs the reader
+/// can answer itself (deny rules, cached hashes) are not held up.
+pub const EXEC_CHECKERS: usize = 2;
+
+/// Execs waiting for an exec-check thread; when full, an exec gets the timeout default at once.
+const EXEC_CHECK_QUEUE: usize = 256;
+
+/// An exec handed to an exec-check thread.
+struct ExecJob {
+    fd: RawFd,
+    pid: i32,
+    file: Arc<File>,
+    meta: std::fs::Metadata,
+    check: Arc<dyn ExecCheck>,
 }
 
 /// Filesystem types that cannot hold an executable worth checking (pseudo filesystems).
@@ -303,6 +329,11 @@ struct Shared {
     exec_check: Mutex<Option<Arc<dyn ExecCheck>>>,
     /// Held while filesystem marks are added or flushed.
     marking: Mutex<()>,
+    /// Slow exec checks, for the exec-check threads.
+    exec_jobs: (
+        crossbeam_channel::Sender<ExecJob>,
+        crossbeam_channel::Receiver<ExecJob>,
+    ),
 }
 
 /// The fanotify group, its reader and watchdog threads, and the deny rules.
@@ -361,12 +392,19 @@ impl OpenDenier {
             stats: DenyStats::default(),
             exec_check: Mutex::new(None),
             marking: Mutex::new(()),
+            exec_jobs: crossbeam_channel::bounded(EXEC_CHECK_QUEUE),
         });
         let mut threads = Vec::new();
-        for (name, f) in [
+        let roles = [
             ("palisade-fanotify", reader as fn(&Shared)),
             ("palisade-fanotify-watchdog", watchdog as fn(&Shared)),
-        ] {
+        ]
+        .into_iter()
+        .chain(std::iter::repeat_n(
+            ("palisade-exec-check", exec_checker as fn(&Shared)),
+            EXEC_CHECKERS,
+        ));
+        for (name, f) in roles {
             let s = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
                 .name(name.into())
@@ -712,13 +750,14 @@ impl Shared {
     }
 
     /// The reader's answer: deny when the opener is not the daemon and the inode is ruled, or,
-    /// for an exec while content checks are on, when the [`ExecCheck`] says so.
-    fn decide(&self, pid: i32, mask: u64, file: &File) -> bool {
+    /// for an exec while content checks are on, when the [`ExecCheck`] says so (at once when
+    /// it knows; otherwise the exec goes to an exec-check thread).
+    fn decide(&self, pid: i32, mask: u64, file: &File) -> Decision {
         if pid == self.own_pid {
-            return true;
+            return Decision::Answer(true);
         }
         let Ok(meta) = file.metadata() else {
-            return self.default_for(pid);
+            return Decision::Answer(self.default_for(pid));
         };
         let denied = lock(&self.rules)
             .marked
@@ -728,15 +767,26 @@ impl Shared {
                 .unwrap_or_default();
             // Debug, not warn: a denied process retrying in a loop must not flood the log.
             tracing::debug!(pid, path = %path.display(), "deny-open: denied");
-            return false;
+            return Decision::Answer(false);
         }
         if mask & libc::FAN_OPEN_EXEC_PERM != 0 {
             let check = lock(&self.exec_check).clone();
             if let Some(check) = check {
-                return check.allow_exec(pid, file, &meta);
+                return match check.known_verdict(pid, &meta) {
+                    Some(allow) => Decision::Answer(allow),
+                    None => Decision::Check(check, meta),
+                };
             }
         }
-        true
+        Decision::Answer(true)
+    }
+
+    /// Answers event `fd` unless the watchdog did already.
+    fn answer(&self, fd: RawFd, allow: bool) {
+        if lock(&self.pending).remove(&fd).is_some() {
+            self.count(allow);
+            self.respond(fd, allow);
+        }
     }
 
     /// Sleeps while a stall at `point` is in force (test hook).
@@ -809,14 +859,53 @@ fn reader(s: &Shared) {
         }
         s.stall_at(StallPoint::BeforeAnswer);
         for (fd, pid, mask, file) in events {
-            let allow = s.decide(pid, mask, &file);
-            // Answer only if the watchdog has not answered for us meanwhile.
-            if lock(&s.pending).remove(&fd).is_some() {
-                s.count(allow);
-                s.respond(fd, allow);
+            match s.decide(pid, mask, &file) {
+                Decision::Answer(allow) => s.answer(fd, allow),
+                Decision::Check(check, meta) => {
+                    let job = ExecJob {
+                        fd,
+                        pid,
+                        file,
+                        meta,
+                        check,
+                    };
+                    if let Err(full) = s.exec_jobs.0.try_send(job) {
+                        let job = full.into_inner();
+                        let allow = s.default_for(job.pid);
+                        tracing::warn!(
+                            pid = job.pid,
+                            allow,
+                            "exec check: every checker busy, answered with the timeout default"
+                        );
+                        if lock(&s.pending).remove(&job.fd).is_some() {
+                            s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
+                            s.respond(job.fd, allow);
+                        }
+                    }
+                }
             }
-            drop(file);
         }
+    }
+}
+
+/// What the reader does with an event.
+enum Decision {
+    Answer(bool),
+    /// Left to an exec-check thread.
+    Check(Arc<dyn ExecCheck>, std::fs::Metadata),
+}
+
+/// Runs slow exec checks and answers them (unless the watchdog answered first, after the
+/// deadline).
+fn exec_checker(s: &Shared) {
+    while !s.stop.load(Ordering::SeqCst) {
+        let job = match s.exec_jobs.1.recv_timeout(Duration::from_millis(100)) {
+            Ok(job) => job,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let allow = job.check.allow_exec(job.pid, &job.file, &job.meta);
+        s.answer(job.fd, allow);
     }
 }
 
