@@ -763,17 +763,21 @@ fn a_recreated_cgroup_is_frozen_again() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = Config::load(Some(&write_config(dir.path())), &Default::default()).unwrap();
-    let broker = with_host_actuators(
-        Broker::new(
-            BrokerSettings::from_config(&config.actions),
-            Box::new(LogNotifySink),
-        )
-        .unwrap(),
-        &config.actions,
-    );
-    broker
-        .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
-        .unwrap();
+    let new_broker = || {
+        let broker = with_host_actuators(
+            Broker::new(
+                BrokerSettings::from_config(&config.actions),
+                Box::new(LogNotifySink),
+            )
+            .unwrap(),
+            &config.actions,
+        );
+        broker
+            .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
+            .unwrap();
+        broker
+    };
+    let broker = new_broker();
     let mut cg = CgroupGuard::new(&v2_root(), "palisade-test-recreate", Freezer::V2);
     let counter = dir.path().join("counter");
     cg.start_counter(&counter);
@@ -795,21 +799,7 @@ fn a_recreated_cgroup_is_frozen_again() {
 
     // The restart: the old processes die (a v2-frozen task can be killed), the cgroup goes
     // and comes back at the same path with a new process.
-    for mut child in cg.children.drain(..) {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = fs::remove_dir(&cg.dir) {
-        assert!(Instant::now() < deadline, "rmdir: {e}");
-        // The counter's own children (its `mv`), frozen with it.
-        let procs = fs::read_to_string(cg.dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines() {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    fs::create_dir(&cg.dir).unwrap();
+    restart(&mut cg);
     let new_ino = fs::metadata(&cg.dir).unwrap().ino();
     assert_ne!(new_ino, old_ino);
     let counter = dir.path().join("counter2");
@@ -853,11 +843,47 @@ fn a_recreated_cgroup_is_frozen_again() {
     assert_eq!(broker.reassert_held(), 1);
     assert_eq!(is_frozen(&target), Some(true));
 
+    // Restarted while the daemon is down: the daemon's start freezes the new cgroup.
+    drop(broker);
+    restart(&mut cg);
+    let counter = dir.path().join("counter3");
+    cg.start_counter(&counter);
+    let target = FreezeTarget::at(Freezer::V2, cg.dir.clone());
+    let broker = new_broker();
+    let summary = broker.reapply_held();
+    assert_eq!(
+        (summary.reapplied, summary.dropped, summary.failed),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(is_frozen(&target), Some(true), "frozen again at start");
+    assert_eq!(broker.active()[0].handle, target.handle());
+
     broker
         .request(&c, ActionRequest::Release { action_id: id })
         .unwrap();
     assert_eq!(is_frozen(&target), Some(false));
     assert!(broker.active().is_empty());
+}
+
+/// Kills the processes of `cg` (frozen or not: SIGKILL reaches a v2-frozen task), removes the
+/// cgroup and makes it again at the same path, as a container restart does.
+fn restart(cg: &mut CgroupGuard) {
+    for mut child in cg.children.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = fs::remove_dir(&cg.dir) {
+        assert!(Instant::now() < deadline, "rmdir: {e}");
+        // The counter's own children (its `mv`), frozen with it.
+        let procs = fs::read_to_string(cg.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::create_dir(&cg.dir).unwrap();
 }
 
 #[test]

@@ -780,17 +780,21 @@ fn a_recreated_cgroup_is_quarantined_again() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_config(dir.path(), &pins, "enforce");
     let config = Config::load(Some(&config_path), &Default::default()).unwrap();
-    let broker = with_host_actuators(
-        Broker::new(
-            BrokerSettings::from_config(&config.actions),
-            Box::new(LogNotifySink),
-        )
-        .unwrap(),
-        &config.actions,
-    );
-    broker
-        .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
-        .unwrap();
+    let new_broker = || {
+        let broker = with_host_actuators(
+            Broker::new(
+                BrokerSettings::from_config(&config.actions),
+                Box::new(LogNotifySink),
+            )
+            .unwrap(),
+            &config.actions,
+        );
+        broker
+            .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
+            .unwrap();
+        broker
+    };
+    let broker = new_broker();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cg = Cgroup::new();
@@ -859,6 +863,22 @@ fn a_recreated_cgroup_is_quarantined_again() {
     assert!(cg.connects(port));
     assert_eq!(broker.reassert_held(), 1);
     assert!(cg.blocked(port), "quarantined when it came back");
+
+    // Restarted while the daemon is down: the daemon's start finds the new cgroup id.
+    drop(broker);
+    remove_cgroup(&cg.0);
+    fs::create_dir(&cg.0).unwrap();
+    let newest = fs::metadata(&cg.0).unwrap().ino();
+    assert!(cg.connects(port));
+    let broker = new_broker();
+    let summary = broker.reapply_held();
+    assert_eq!(
+        (summary.reapplied, summary.dropped, summary.failed),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    assert!(cg.blocked(port), "quarantined again at start");
+    assert_eq!(cgroup_id(&broker.active()[0].handle), Some(newest));
 
     broker
         .request(&c, ActionRequest::Release { action_id: id })
