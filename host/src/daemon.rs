@@ -149,10 +149,12 @@ fn with_deny_open(broker: Broker, config: &Config) -> Broker {
 }
 
 /// How often the daemon looks for actions the operator released with `palisade actions
-/// release` ([`Broker::reconcile_released`]).
+/// release` ([`Broker::reconcile_released`]) and for held actions that lapsed because their
+/// workload was recreated ([`Broker::reassert_held`]).
 pub const OPERATOR_RELEASE_POLL: Duration = Duration::from_secs(2);
 
-/// Polls the state file for operator releases until the broker is gone.
+/// Polls the state file for operator releases, and the held actions for lapses, until the
+/// broker is gone.
 fn follow_operator_releases(broker: std::sync::Weak<Broker>) -> Result<(), DaemonError> {
     let name = "palisade-releases".to_owned();
     std::thread::Builder::new()
@@ -163,6 +165,8 @@ fn follow_operator_releases(broker: std::sync::Weak<Broker>) -> Result<(), Daemo
                 return;
             };
             broker.reconcile_released();
+            // After the releases: an action the operator just released is not re-applied.
+            broker.reassert_held();
         })
         .map(drop)
         .map_err(|source| DaemonError::Thread { name, source })

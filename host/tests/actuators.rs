@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use palisade::actions::freeze::{is_frozen, CgroupLayout, FreezeTarget, Freezer};
+use palisade::actions::freeze::{is_frozen, CgroupIdentity, CgroupLayout, FreezeTarget, Freezer};
 use palisade::actions::kill::process_start_ns;
 use palisade::actions::{
     with_host_actuators, ActionError, ActionRequest, ActionStore, Broker, BrokerSettings,
@@ -267,10 +267,7 @@ fn frozen_cgroup_makes_no_progress_and_resumes_after_thaw() {
     let receipt = broker
         .request(&c, ActionRequest::Freeze(Workload::CgroupPath(cg.name())))
         .unwrap();
-    let target = FreezeTarget {
-        freezer: Freezer::V2,
-        dir: cg.dir.clone(),
-    };
+    let target = FreezeTarget::at(Freezer::V2, cg.dir.clone());
     assert_eq!(is_frozen(&target), Some(true));
     let a = read_counter(&counter);
     std::thread::sleep(Duration::from_millis(300));
@@ -363,7 +360,11 @@ fn v1_freezer_is_the_fallback() {
         target,
         FreezeTarget {
             freezer: Freezer::V1,
-            dir: cg.dir.clone()
+            dir: cg.dir.clone(),
+            id: Some(CgroupIdentity {
+                dev: fs::metadata(&cg.dir).unwrap().dev(),
+                ino: fs::metadata(&cg.dir).unwrap().ino(),
+            }),
         }
     );
     freeze.freeze(&target).unwrap();
@@ -601,10 +602,7 @@ fn held_actions_survive_a_restart_and_the_cli_lists_and_releases_them() {
     let mut cg = CgroupGuard::new(&v2_root(), "palisade-test-persist", Freezer::V2);
     let counter = dir.path().join("counter");
     cg.start_counter(&counter);
-    let target = FreezeTarget {
-        freezer: Freezer::V2,
-        dir: cg.dir.clone(),
-    };
+    let target = FreezeTarget::at(Freezer::V2, cg.dir.clone());
     let file = dir.path().join("payload.sh");
     fs::write(&file, b"#!/bin/sh\nrm -rf --no-preserve-root /\n").unwrap();
 
@@ -752,6 +750,140 @@ fn held_actions_survive_a_restart_and_the_cli_lists_and_releases_them() {
             .count(),
         2
     );
+}
+
+/// A frozen workload restarted under the same name (its cgroup removed and made again at the
+/// same path, as `docker restart` does) runs unfrozen in the new cgroup; the broker's check
+/// sees the new identity and freezes it, under the same action id, with the new identity in
+/// the handle in memory and in the state file. A manual thaw is undone at the second check.
+#[test]
+fn a_recreated_cgroup_is_frozen_again() {
+    if skip("a_recreated_cgroup_is_frozen_again") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(Some(&write_config(dir.path())), &Default::default()).unwrap();
+    let new_broker = || {
+        let broker = with_host_actuators(
+            Broker::new(
+                BrokerSettings::from_config(&config.actions),
+                Box::new(LogNotifySink),
+            )
+            .unwrap(),
+            &config.actions,
+        );
+        broker
+            .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
+            .unwrap();
+        broker
+    };
+    let broker = new_broker();
+    let mut cg = CgroupGuard::new(&v2_root(), "palisade-test-recreate", Freezer::V2);
+    let counter = dir.path().join("counter");
+    cg.start_counter(&counter);
+    let c = ctx("contain", &[Capability::Freeze]);
+    let id = broker
+        .request(&c, ActionRequest::Freeze(Workload::CgroupPath(cg.name())))
+        .unwrap()
+        .id;
+    let old_ino = fs::metadata(&cg.dir).unwrap().ino();
+    assert_eq!(
+        is_frozen(&FreezeTarget::at(Freezer::V2, cg.dir.clone())),
+        Some(true)
+    );
+    assert_eq!(
+        broker.active()[0].handle,
+        format!("v2@{old_ino}:{}", cg.dir.display())
+    );
+    assert_eq!(broker.reassert_held(), 0, "nothing lapsed yet");
+
+    // The restart: the old processes die (a v2-frozen task can be killed), the cgroup goes
+    // and comes back at the same path with a new process.
+    restart(&mut cg);
+    let new_ino = fs::metadata(&cg.dir).unwrap().ino();
+    assert_ne!(new_ino, old_ino);
+    let counter = dir.path().join("counter2");
+    // Makes progress: the freeze lapsed with the old cgroup.
+    cg.start_counter(&counter);
+    let target = FreezeTarget::at(Freezer::V2, cg.dir.clone());
+    assert_eq!(is_frozen(&target), Some(false));
+
+    assert_eq!(broker.reassert_held(), 1);
+    assert_eq!(is_frozen(&target), Some(true), "frozen again");
+    let a = read_counter(&counter);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read_counter(&counter), a, "a frozen process made progress");
+    let active = broker.active();
+    assert_eq!((active.len(), active[0].id.as_str()), (1, id.as_str()));
+    assert_eq!(active[0].handle, target.handle());
+    assert!(target.handle().starts_with(&format!("v2@{new_ino}:")));
+    let stored = ActionStore::at(&config.actions.state_dir)
+        .get(&id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.handle, target.handle(), "state file updated");
+    assert_eq!(broker.reassert_held(), 0, "holds again");
+    let audit = audit_lines(&dir.path().join("audit.jsonl"));
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r["action"] == "freeze" && r["result"] == "ok")
+            .count(),
+        2,
+        "the re-application is audited"
+    );
+
+    // A manual thaw: left alone at the first check (an operator release may be under way),
+    // frozen again at the second.
+    fs::write(cg.dir.join("cgroup.freeze"), "0").unwrap();
+    wait_until(Duration::from_secs(5), "the manual thaw", || {
+        is_frozen(&target) == Some(false)
+    });
+    assert_eq!(broker.reassert_held(), 0);
+    assert_eq!(broker.reassert_held(), 1);
+    assert_eq!(is_frozen(&target), Some(true));
+
+    // Restarted while the daemon is down: the daemon's start freezes the new cgroup.
+    drop(broker);
+    restart(&mut cg);
+    let counter = dir.path().join("counter3");
+    cg.start_counter(&counter);
+    let target = FreezeTarget::at(Freezer::V2, cg.dir.clone());
+    let broker = new_broker();
+    let summary = broker.reapply_held();
+    assert_eq!(
+        (summary.reapplied, summary.dropped, summary.failed),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(is_frozen(&target), Some(true), "frozen again at start");
+    assert_eq!(broker.active()[0].handle, target.handle());
+
+    broker
+        .request(&c, ActionRequest::Release { action_id: id })
+        .unwrap();
+    assert_eq!(is_frozen(&target), Some(false));
+    assert!(broker.active().is_empty());
+}
+
+/// Kills the processes of `cg` (frozen or not: SIGKILL reaches a v2-frozen task), removes the
+/// cgroup and makes it again at the same path, as a container restart does.
+fn restart(cg: &mut CgroupGuard) {
+    for mut child in cg.children.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = fs::remove_dir(&cg.dir) {
+        assert!(Instant::now() < deadline, "rmdir: {e}");
+        // The counter's own children (its `mv`), frozen with it.
+        let procs = fs::read_to_string(cg.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::create_dir(&cg.dir).unwrap();
 }
 
 #[test]

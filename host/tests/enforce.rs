@@ -18,7 +18,7 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -754,6 +754,137 @@ fn quarantined_cgroup_cannot_connect_while_others_can() {
             )
             .is_err());
     }
+}
+
+/// Removes the (empty) cgroup directory, as the end of a container does; retried while the
+/// kernel still counts an exiting task in it.
+fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = fs::remove_dir(dir) {
+        assert!(Instant::now() < deadline, "rmdir {}: {e}", dir.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A quarantined workload restarted under the same name (`docker restart`: its cgroup removed
+/// and made again at the same path) escapes the old links, which stay pinned on the removed
+/// cgroup; the broker's check sees the new cgroup id and attaches the quarantine again, under
+/// the same action id, with the new id in the handle in memory and in the state file. A cgroup
+/// that is gone stays listed and is quarantined when it comes back.
+#[test]
+fn a_recreated_cgroup_is_quarantined_again() {
+    if skip("a_recreated_cgroup_is_quarantined_again") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &pins, "enforce");
+    let config = Config::load(Some(&config_path), &Default::default()).unwrap();
+    let new_broker = || {
+        let broker = with_host_actuators(
+            Broker::new(
+                BrokerSettings::from_config(&config.actions),
+                Box::new(LogNotifySink),
+            )
+            .unwrap(),
+            &config.actions,
+        );
+        broker
+            .attach_store(ActionStore::open(&config.actions.state_dir).unwrap())
+            .unwrap();
+        broker
+    };
+    let broker = new_broker();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cg = Cgroup::new();
+    let c = ctx(&[Capability::NetworkQuarantine]);
+    let id = broker
+        .request(
+            &c,
+            ActionRequest::NetworkQuarantine(Workload::CgroupPath(cg.name())),
+        )
+        .unwrap()
+        .id;
+    assert!(cg.blocked(port));
+    let cgroup_id = |handle: &str| {
+        serde_json::from_str::<serde_json::Value>(handle).unwrap()["cgroup_id"].as_u64()
+    };
+    let old_ino = fs::metadata(&cg.0).unwrap().ino();
+    assert_eq!(cgroup_id(&broker.active()[0].handle), Some(old_ino));
+    assert_eq!(broker.reassert_held(), 0, "nothing lapsed yet");
+
+    // The restart.
+    remove_cgroup(&cg.0);
+    fs::create_dir(&cg.0).unwrap();
+    let new_ino = fs::metadata(&cg.0).unwrap().ino();
+    assert_ne!(new_ino, old_ino);
+    assert!(
+        cg.connects(port),
+        "the old links hold the new cgroup: nothing to test"
+    );
+    let links: Vec<PathBuf> = fs::read_dir(&pins.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("netq-"))
+        .collect();
+    assert_eq!(links.len(), 2, "the dead links stay pinned: {links:?}");
+
+    assert_eq!(broker.reassert_held(), 1);
+    assert!(cg.blocked(port), "quarantined again");
+    let active = broker.active();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, id);
+    assert_eq!(cgroup_id(&active[0].handle), Some(new_ino));
+    let stored = ActionStore::at(&config.actions.state_dir)
+        .get(&id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.handle, active[0].handle, "state file updated");
+    assert_eq!(broker.reassert_held(), 0, "holds again");
+    let audit = audit_lines(&dir.path().join("audit.jsonl"));
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r["action"] == "network-quarantine" && r["result"] == "ok")
+            .count(),
+        2,
+        "the re-application is audited"
+    );
+
+    // Stopped: kept listed, not re-applied (nothing to attach to), and no spin.
+    remove_cgroup(&cg.0);
+    assert_eq!(broker.reassert_held(), 0);
+    assert_eq!(broker.reassert_held(), 0);
+    assert_eq!(broker.active().len(), 1);
+    // Started again: quarantined at the next check.
+    fs::create_dir(&cg.0).unwrap();
+    assert!(cg.connects(port));
+    assert_eq!(broker.reassert_held(), 1);
+    assert!(cg.blocked(port), "quarantined when it came back");
+
+    // Restarted while the daemon is down: the daemon's start finds the new cgroup id.
+    drop(broker);
+    remove_cgroup(&cg.0);
+    fs::create_dir(&cg.0).unwrap();
+    let newest = fs::metadata(&cg.0).unwrap().ino();
+    assert!(cg.connects(port));
+    let broker = new_broker();
+    let summary = broker.reapply_held();
+    assert_eq!(
+        (summary.reapplied, summary.dropped, summary.failed),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    assert!(cg.blocked(port), "quarantined again at start");
+    assert_eq!(cgroup_id(&broker.active()[0].handle), Some(newest));
+
+    broker
+        .request(&c, ActionRequest::Release { action_id: id })
+        .unwrap();
+    assert!(cg.connects(port), "released");
+    assert!(broker.active().is_empty());
 }
 
 #[test]

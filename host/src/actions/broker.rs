@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use super::audit::{now_ns, rfc3339, AuditLog, AuditRecord, AuditResult};
 use super::store::{ActionStore, StoreError};
 use super::{
-    ActionError, ActionRequest, ActionsError, ActiveAction, Actuator, ExecContext, Mode,
+    ActionError, ActionRequest, ActionsError, ActiveAction, Actuator, ExecContext, Hold, Mode,
     NotifyActuator, NotifySink, Outcome, Receipt, RequestContext, Unimplemented,
 };
 use crate::capability::Capability;
@@ -37,6 +37,16 @@ pub struct ReapplySummary {
     pub dropped: usize,
     /// Actions that could not be re-applied; still listed, so they can be released.
     pub failed: usize,
+}
+
+/// What [`Broker::reassert_held`] last found about a held action that did not hold: a lasting
+/// condition is logged (and audited) once, not at every poll, and an undone action is re-applied
+/// only when found so twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lapse {
+    Gone,
+    Undone,
+    Failed(String),
 }
 
 /// Per-responder overrides of the broker settings.
@@ -133,6 +143,8 @@ pub struct Broker {
     /// loaded from it). Only their absence from the file means "released by the operator": an
     /// action whose write failed, or is still being written, is not.
     persisted: Mutex<BTreeSet<String>>,
+    /// See [`Lapse`]; by action id.
+    lapses: Mutex<HashMap<String, Lapse>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -195,6 +207,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             offline: false,
             persisted: Mutex::new(BTreeSet::new()),
+            lapses: Mutex::new(HashMap::new()),
         })
     }
 
@@ -589,29 +602,9 @@ impl Broker {
             if action.mode != Mode::Enforce {
                 continue;
             }
-            let exec = ExecContext {
-                responder: &action.responder,
-                alert_id: &action.alert_id,
-                action_id: &action.id,
-            };
-            let outcome = match self.actuators.get(&action.capability) {
-                Some(actuator) => actuator.reapply(&exec, &action),
-                None => Err(ActionError::Unsupported(format!(
-                    "no {} actuator registered",
-                    action.capability
-                ))),
-            };
-            let result = match outcome {
-                Ok(Outcome::Held { handle }) => {
+            let result = match self.reapply_one(&action) {
+                Ok(Outcome::Held { .. }) => {
                     summary.reapplied += 1;
-                    if handle != action.handle {
-                        let updated = ActiveAction {
-                            handle,
-                            ..action.clone()
-                        };
-                        lock(&self.active).insert(updated.id.clone(), updated.clone());
-                        self.persist(&updated);
-                    }
                     Ok(Receipt {
                         id: action.id.clone(),
                         mode: Mode::Enforce,
@@ -648,6 +641,154 @@ impl Broker {
             );
         }
         summary
+    }
+
+    /// Calls the actuator's `reapply` for the enforced `action`. A new handle replaces the old
+    /// one in the active table and the state file; if the action was released meanwhile, what
+    /// was just put back in place is undone again.
+    fn reapply_one(&self, action: &ActiveAction) -> Result<Outcome, ActionError> {
+        let Some(actuator) = self.actuators.get(&action.capability) else {
+            return Err(ActionError::Unsupported(format!(
+                "no {} actuator registered",
+                action.capability
+            )));
+        };
+        let exec = ExecContext {
+            responder: &action.responder,
+            alert_id: &action.alert_id,
+            action_id: &action.id,
+        };
+        let outcome = actuator.reapply(&exec, action);
+        let Ok(Outcome::Held { handle }) = &outcome else {
+            return outcome;
+        };
+        if *handle == action.handle {
+            return outcome;
+        }
+        let mut active = lock(&self.active);
+        if let Some(held) = active.get_mut(&action.id) {
+            held.handle = handle.clone();
+            let updated = held.clone();
+            // Under the table's lock, so that a release taking the action now cannot remove it
+            // from the state file before this write puts it back.
+            self.persist(&updated);
+            return outcome;
+        }
+        drop(active);
+        let updated = ActiveAction {
+            handle: handle.clone(),
+            ..action.clone()
+        };
+        let other_holder = shared_by_holders(action.capability)
+            && lock(&self.active)
+                .values()
+                .any(|a| a.capability == action.capability && a.handle == updated.handle);
+        if !other_holder {
+            if let Err(error) = actuator.release(&updated) {
+                tracing::error!(action_id = %action.id, %error, "action released while it was re-applied, and not undone again");
+            }
+        }
+        outcome
+    }
+
+    /// Whether `id` was taken out of the state file by someone else (an operator release in
+    /// progress: the CLI undoes an action before removing it from the file).
+    fn released_outside(&self, id: &str) -> bool {
+        let Some(store) = self.store.get() else {
+            return false;
+        };
+        lock(&self.persisted).contains(id) && matches!(store.get(id), Ok(None))
+    }
+
+    /// Puts back, while the daemon runs, held actions their actuator finds no longer in effect
+    /// ([`Actuator::holds`]): a frozen or quarantined workload restarted under the same name
+    /// (a new cgroup at the same path) is frozen or quarantined again, under the same action
+    /// id, and the new handle is kept in memory and in the state file, as at start. A target
+    /// that is gone stays listed (the workload may come back) and is logged once; an action
+    /// undone outside the broker (a manual thaw) is re-applied when found undone at two
+    /// consecutive calls, so that an operator release in progress is not fought. Each
+    /// re-application is audited like the original request; a failing one is logged and
+    /// audited once, and tried again at every call. Returns how many were re-applied. The
+    /// daemon calls this every few seconds; it costs a stat or two per held action.
+    pub fn reassert_held(&self) -> usize {
+        let held: Vec<ActiveAction> = lock(&self.active)
+            .values()
+            .filter(|a| a.mode == Mode::Enforce)
+            .cloned()
+            .collect();
+        lock(&self.lapses).retain(|id, _| held.iter().any(|a| &a.id == id));
+        let mut reapplied = 0;
+        for action in held {
+            let Some(actuator) = self.actuators.get(&action.capability) else {
+                continue;
+            };
+            let previous = lock(&self.lapses).get(&action.id).cloned();
+            let why = match actuator.holds(&action) {
+                Hold::Holds => {
+                    lock(&self.lapses).remove(&action.id);
+                    continue;
+                }
+                Hold::Gone => {
+                    if previous != Some(Lapse::Gone) {
+                        tracing::warn!(action_id = %action.id, action = %action.capability, handle = %action.handle, "the target of a held action is gone; kept listed, and applied again if it comes back");
+                        lock(&self.lapses).insert(action.id.clone(), Lapse::Gone);
+                    }
+                    continue;
+                }
+                Hold::Undone { reason } => {
+                    if !matches!(previous, Some(Lapse::Undone | Lapse::Failed(_))) {
+                        tracing::info!(action_id = %action.id, action = %action.capability, %reason, "held action found undone; applied again if still so at the next check");
+                        lock(&self.lapses).insert(action.id.clone(), Lapse::Undone);
+                        continue;
+                    }
+                    format!("undone outside the broker: {reason}")
+                }
+                Hold::Recreated { old, new } => {
+                    format!("target recreated (id {old}, now {new})")
+                }
+            };
+            if self.released_outside(&action.id) {
+                continue;
+            }
+            let result = match self.reapply_one(&action) {
+                Ok(Outcome::Held { handle }) => {
+                    reapplied += 1;
+                    lock(&self.lapses).remove(&action.id);
+                    tracing::warn!(action_id = %action.id, action = %action.capability, %why, old_handle = %action.handle, %handle, "held action had lapsed; applied again");
+                    Ok(Receipt {
+                        id: action.id.clone(),
+                        mode: Mode::Enforce,
+                    })
+                }
+                // Nothing left to hold (no actuator answers this today): as at start.
+                Ok(Outcome::Done) => {
+                    lock(&self.lapses).remove(&action.id);
+                    lock(&self.active).remove(&action.id);
+                    self.unpersist(&action.id);
+                    Ok(Receipt {
+                        id: action.id.clone(),
+                        mode: Mode::Enforce,
+                    })
+                }
+                Err(e) => {
+                    let note = Lapse::Failed(e.to_string());
+                    if previous.as_ref() == Some(&note) {
+                        continue;
+                    }
+                    tracing::error!(action_id = %action.id, action = %action.capability, %why, handle = %action.handle, error = %e, "held action lapsed and could not be applied again; still listed, retried at every check");
+                    lock(&self.lapses).insert(action.id.clone(), note);
+                    Err(e)
+                }
+            };
+            self.finish(
+                &action.responder,
+                &action.alert_id,
+                &action.request,
+                Mode::Enforce,
+                &result,
+            );
+        }
+        reapplied
     }
 
     /// Undoes action `action_id` whoever it belongs to: the operator's `palisade actions
@@ -971,6 +1112,119 @@ mod tests {
         let ids: Vec<String> = broker.active().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, [kept.id]);
         assert!(lock(&fake.released).is_empty(), "undone twice");
+    }
+
+    /// Holds something whose target can be recreated, gone or undone, as `holds` says.
+    struct FakeLapse {
+        hold: Mutex<Hold>,
+        fail: Mutex<bool>,
+        reapplied: AtomicU64,
+    }
+
+    impl Actuator for Arc<FakeLapse> {
+        fn execute(
+            &self,
+            _ctx: &ExecContext<'_>,
+            _req: &ActionRequest,
+        ) -> Result<Outcome, ActionError> {
+            Ok(Outcome::Held {
+                handle: "h0".into(),
+            })
+        }
+        fn release(&self, _action: &ActiveAction) -> Result<(), ActionError> {
+            Ok(())
+        }
+        fn reapply(
+            &self,
+            _ctx: &ExecContext<'_>,
+            _action: &ActiveAction,
+        ) -> Result<Outcome, ActionError> {
+            if *lock(&self.fail) {
+                return Err(ActionError::Failed("attach failed".into()));
+            }
+            let n = self.reapplied.fetch_add(1, Ordering::SeqCst) + 1;
+            *lock(&self.hold) = Hold::Holds;
+            Ok(Outcome::Held {
+                handle: format!("h{n}"),
+            })
+        }
+        fn holds(&self, _action: &ActiveAction) -> Hold {
+            lock(&self.hold).clone()
+        }
+    }
+
+    /// What `reassert_held` does for each answer of `holds`: nothing while it holds or the
+    /// target is gone; at once when recreated; at the second check when undone, unless the
+    /// operator released it meanwhile; a failure keeps the action. A new handle reaches the
+    /// active table and the state file.
+    #[test]
+    fn reassert_reapplies_lapsed_actions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeLapse {
+            hold: Mutex::new(Hold::Holds),
+            fail: Mutex::new(false),
+            reapplied: AtomicU64::new(0),
+        });
+        let broker = Broker::new(settings(Mode::Enforce), Box::new(LogNotifySink))
+            .unwrap()
+            .with_actuator(Capability::Freeze, Box::new(Arc::clone(&fake)));
+        broker
+            .attach_store(ActionStore::open(dir.path()).unwrap())
+            .unwrap();
+        let store = ActionStore::at(dir.path());
+        let c = ctx("r", &[Capability::Freeze]);
+        let freeze = || ActionRequest::Freeze(crate::actions::Workload::CgroupPath("x".into()));
+        let id = broker.request(&c, freeze()).unwrap().id;
+        let set = |h: Hold| *lock(&fake.hold) = h;
+        let handle = || {
+            let mem = broker.active()[0].handle.clone();
+            assert_eq!(store.get(&id).unwrap().unwrap().handle, mem);
+            mem
+        };
+        assert_eq!(broker.reassert_held(), 0);
+
+        set(Hold::Gone);
+        assert_eq!(broker.reassert_held(), 0);
+        assert_eq!(broker.reassert_held(), 0);
+        assert_eq!((broker.active().len(), handle()), (1, "h0".to_owned()));
+
+        set(Hold::Recreated {
+            old: "1".into(),
+            new: "2".into(),
+        });
+        assert_eq!(broker.reassert_held(), 1);
+        assert_eq!(handle(), "h1");
+        assert_eq!(broker.active()[0].id, id);
+
+        set(Hold::Undone {
+            reason: "thawed".into(),
+        });
+        assert_eq!(broker.reassert_held(), 0, "acted on at the second check");
+        assert_eq!(broker.reassert_held(), 1);
+        assert_eq!(handle(), "h2");
+
+        *lock(&fake.fail) = true;
+        set(Hold::Recreated {
+            old: "2".into(),
+            new: "3".into(),
+        });
+        assert_eq!(broker.reassert_held(), 0);
+        assert_eq!(broker.reassert_held(), 0);
+        assert_eq!((broker.active().len(), handle()), (1, "h2".to_owned()));
+        *lock(&fake.fail) = false;
+        assert_eq!(broker.reassert_held(), 1, "retried");
+        assert_eq!(handle(), "h3");
+
+        // The operator's CLI undid it and is taking it out of the state file.
+        set(Hold::Undone {
+            reason: "thawed".into(),
+        });
+        assert_eq!(broker.reassert_held(), 0);
+        store.remove(&id).unwrap();
+        assert_eq!(broker.reassert_held(), 0);
+        assert_eq!(fake.reapplied.load(Ordering::SeqCst), 3);
+        assert_eq!(broker.reconcile_released(), 1);
+        assert!(broker.active().is_empty());
     }
 
     #[test]

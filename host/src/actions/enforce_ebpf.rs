@@ -45,6 +45,9 @@
 //! packet except, when `actions.network_quarantine.allow_loopback` is set, loopback traffic.
 //! Both links are pinned as `netq-<action id>-{ingress,egress}` and their descriptors closed,
 //! so the quarantine holds even while the daemon is down; release unpins them, which detaches.
+//! The handle records the cgroup id: a workload restarted under the same name gets a new cgroup
+//! at the same path, on which the old links do nothing (they stay pinned, attached to the
+//! removed cgroup), so [`Actuator::holds`] compares the id and the broker attaches again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -67,8 +70,10 @@ use super::fanotify::{DenySettings, ExecCheck, OpenDenier};
 use super::safe_path::{self, SafePathError};
 use crate::mountinfo;
 
-use super::freeze::{CgroupLayout, FreezeActuator, Freezer};
-use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, ExecMatch, Outcome};
+use super::freeze::{CgroupIdentity, CgroupLayout, FreezeActuator, FreezeTarget, Freezer};
+use super::{
+    ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, ExecMatch, Hold, Outcome,
+};
 
 /// The enforcement programs, built by host/build.rs (aya-build) and embedded 8-byte aligned.
 static ENFORCE_OBJECT: &[u8] =
@@ -1331,6 +1336,15 @@ pub struct NetQuarantineActuator {
 pub struct QuarantineHandle {
     pub cgroup: PathBuf,
     pub links: [PathBuf; 2],
+    /// The cgroup id (inode of `cgroup`) the links were attached to; absent in handles written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+}
+
+/// The cgroup v2 id of the directory `dir` (its inode number), if it exists.
+fn cgroup_id(dir: &Path) -> Option<u64> {
+    CgroupIdentity::of(Freezer::V2, dir).map(|id| id.ino)
 }
 
 impl NetQuarantineActuator {
@@ -1378,6 +1392,34 @@ impl NetQuarantineActuator {
     pub fn is_held(handle: &QuarantineHandle) -> bool {
         handle.links.iter().all(|l| l.exists())
     }
+
+    /// Whether `link` is a pin this actuator makes: `netq-*` directly under the pin directory.
+    fn is_our_pin(&self, link: &Path) -> bool {
+        link.parent() == Some(self.enforcer.settings.pin_dir.as_path())
+            && link
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("netq-"))
+    }
+
+    /// Attaches the quarantine to the resolved, allowed `target` and returns its handle. Pins
+    /// left at the action's pin paths are replaced (each one once its new link is attached).
+    fn attach(&self, ctx: &ExecContext<'_>, target: FreezeTarget) -> Result<Outcome, ActionError> {
+        let links = self.pins(ctx.action_id)?;
+        // Read before attaching: an id read after could belong to a cgroup recreated meanwhile,
+        // which the check would then wrongly take for the quarantined one.
+        let id = cgroup_id(&target.dir);
+        self.enforcer.quarantine(&target.dir, &links)?;
+        tracing::info!(cgroup = %target.dir.display(), cgroup_id = id, allow_loopback = self.enforcer.settings.allow_loopback, "network quarantine attached");
+        let handle = QuarantineHandle {
+            cgroup: target.dir,
+            links,
+            cgroup_id: id,
+        };
+        let handle = serde_json::to_string(&handle)
+            .map_err(|e| ActionError::Failed(format!("network-quarantine handle: {e}")))?;
+        Ok(Outcome::Held { handle })
+    }
 }
 
 impl Actuator for NetQuarantineActuator {
@@ -1395,35 +1437,18 @@ impl Actuator for NetQuarantineActuator {
                 target.dir.display()
             )));
         }
-        let links = self.pins(ctx.action_id)?;
-        self.enforcer.quarantine(&target.dir, &links)?;
-        tracing::info!(cgroup = %target.dir.display(), allow_loopback = self.enforcer.settings.allow_loopback, "network quarantine attached");
-        let handle = QuarantineHandle {
-            cgroup: target.dir,
-            links,
-        };
-        let handle = serde_json::to_string(&handle)
-            .map_err(|e| ActionError::Failed(format!("network-quarantine handle: {e}")))?;
-        Ok(Outcome::Held { handle })
+        self.attach(ctx, target)
     }
 
     fn release(&self, action: &ActiveAction) -> Result<(), ActionError> {
         let handle = Self::handle_of(action)?;
         // Only pins this actuator makes (a hand-edited state file naming another file).
-        let dir = &self.enforcer.settings.pin_dir;
-        for link in &handle.links {
-            let ours = link.parent() == Some(dir.as_path())
-                && link
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("netq-"));
-            if !ours {
-                return Err(ActionError::InvalidTarget(format!(
-                    "{} is not a quarantine pin under {}",
-                    link.display(),
-                    dir.display()
-                )));
-            }
+        if let Some(link) = handle.links.iter().find(|l| !self.is_our_pin(l)) {
+            return Err(ActionError::InvalidTarget(format!(
+                "{} is not a quarantine pin under {}",
+                link.display(),
+                self.enforcer.settings.pin_dir.display()
+            )));
         }
         for link in &handle.links {
             unpin_link(link)?;
@@ -1432,24 +1457,73 @@ impl Actuator for NetQuarantineActuator {
         Ok(())
     }
 
-    /// The pinned links outlive the daemon: when both are still there the quarantine never
-    /// stopped; otherwise what is left is removed and the quarantine is attached again.
+    /// The pinned links outlive the daemon: when both are still there, on the cgroup the
+    /// handle names, the quarantine never stopped. Otherwise (a pin is missing, the cgroup was
+    /// recreated under the same path, or an old handle without a cgroup id cannot tell) the
+    /// quarantine is attached again to the cgroup now at the recorded path, replacing the
+    /// pins; a path that is gone is resolved from the request as at first, which fails with
+    /// `InvalidTarget` when the workload is gone too.
     fn reapply(
         &self,
         ctx: &ExecContext<'_>,
         action: &ActiveAction,
     ) -> Result<Outcome, ActionError> {
-        if let Ok(handle) = Self::handle_of(action) {
-            if Self::is_held(&handle) && handle.cgroup.is_dir() {
-                return Ok(Outcome::Held {
-                    handle: action.handle.clone(),
-                });
-            }
-            for link in &handle.links {
+        let Ok(handle) = Self::handle_of(action) else {
+            return self.execute(ctx, &action.request);
+        };
+        let now = cgroup_id(&handle.cgroup);
+        if now.is_some() && now == handle.cgroup_id && Self::is_held(&handle) {
+            return Ok(Outcome::Held {
+                handle: action.handle.clone(),
+            });
+        }
+        let pins = self.pins(ctx.action_id)?;
+        if now.is_none() || handle.links != pins {
+            for link in handle.links.iter().filter(|l| self.is_our_pin(l)) {
                 let _ = unpin_link(link);
             }
         }
-        self.execute(ctx, &action.request)
+        if now.is_none() {
+            return self.execute(ctx, &action.request);
+        }
+        let target = FreezeTarget::at(Freezer::V2, handle.cgroup.clone());
+        self.resolver.check_under_hierarchy(&target)?;
+        self.resolver.check_allowed(&target)?;
+        if let (Some(old), Some(new)) = (handle.cgroup_id, now) {
+            if old != new {
+                tracing::warn!(
+                    action_id = ctx.action_id,
+                    cgroup = %handle.cgroup.display(),
+                    old_id = old,
+                    new_id = new,
+                    "quarantined cgroup was recreated; attaching the quarantine to the new one"
+                );
+            }
+        }
+        self.attach(ctx, target)
+    }
+
+    /// The cgroup at the recorded path is the one the links were attached to, and both pins
+    /// are there. An old handle without a cgroup id cannot be checked beyond the pins.
+    fn holds(&self, action: &ActiveAction) -> Hold {
+        let Ok(handle) = Self::handle_of(action) else {
+            return Hold::Holds;
+        };
+        let Some(now) = cgroup_id(&handle.cgroup) else {
+            return Hold::Gone;
+        };
+        if let Some(old) = handle.cgroup_id.filter(|old| *old != now) {
+            return Hold::Recreated {
+                old: old.to_string(),
+                new: now.to_string(),
+            };
+        }
+        if !Self::is_held(&handle) {
+            return Hold::Undone {
+                reason: "a quarantine pin is missing".into(),
+            };
+        }
+        Hold::Holds
     }
 }
 
@@ -1590,15 +1664,21 @@ mod tests {
 
     #[test]
     fn handles_round_trip() {
-        let h = QuarantineHandle {
+        let mut h = QuarantineHandle {
             cgroup: PathBuf::from("/sys/fs/cgroup/unified/x"),
             links: [
                 PathBuf::from("/p/netq-a-ingress"),
                 PathBuf::from("/p/netq-a-egress"),
             ],
+            cgroup_id: Some(4242),
         };
         let s = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<QuarantineHandle>(&s).unwrap(), h);
+        // A handle written before the cgroup id was recorded.
+        let old = r#"{"cgroup":"/sys/fs/cgroup/unified/x","links":["/p/netq-a-ingress","/p/netq-a-egress"]}"#;
+        h.cgroup_id = None;
+        assert_eq!(serde_json::from_str::<QuarantineHandle>(old).unwrap(), h);
+        assert_eq!(serde_json::to_string(&h).unwrap(), old);
         let keys = BlockKeys {
             paths: vec!["/a".to_owned(), "/b".to_owned()],
             files: vec![FileKey {

@@ -5,6 +5,10 @@
 //! whole cgroup frozen. The hierarchies are found from the mount table, never assumed. It refuses
 //! the root cgroup and any cgroup that contains the daemon itself (freezing it would freeze
 //! the daemon, and with it every later thaw).
+//!
+//! The handle records the cgroup's identity ([`CgroupIdentity`]) besides its path: a workload
+//! restarted under the same name (`docker restart`, a systemd unit restart) gets a new, thawed
+//! cgroup at the same path, which [`Actuator::holds`] notices so the broker freezes it again.
 
 use std::fs;
 use std::io;
@@ -12,7 +16,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome, Workload};
+use super::{
+    ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Hold, Outcome, Workload,
+};
 
 /// Most cgroup directories visited when searching for an id or a container.
 const MAX_WALK: usize = 200_000;
@@ -28,26 +34,94 @@ pub enum Freezer {
     V1,
 }
 
+/// Which cgroup a directory is, as opposed to where: a cgroup removed and created again at the
+/// same path is another one. For cgroup v2 the inode number of the directory is the kernel's
+/// cgroup id (`dev` is 0: one hierarchy); for a v1 freezer directory it is the (dev, ino) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl CgroupIdentity {
+    /// The identity of the cgroup at `dir` now; `None` when it does not exist.
+    pub fn of(freezer: Freezer, dir: &Path) -> Option<CgroupIdentity> {
+        let meta = fs::metadata(dir).ok()?;
+        Some(CgroupIdentity {
+            dev: match freezer {
+                Freezer::V2 => 0,
+                Freezer::V1 => meta.dev(),
+            },
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl std::fmt::Display for CgroupIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.dev {
+            0 => write!(f, "{}", self.ino),
+            dev => write!(f, "{dev}.{}", self.ino),
+        }
+    }
+}
+
+impl std::str::FromStr for CgroupIdentity {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<CgroupIdentity, Self::Err> {
+        Ok(match s.split_once('.') {
+            Some((dev, ino)) => CgroupIdentity {
+                dev: dev.parse()?,
+                ino: ino.parse()?,
+            },
+            None => CgroupIdentity {
+                dev: 0,
+                ino: s.parse()?,
+            },
+        })
+    }
+}
+
 /// A resolved workload: the cgroup directory to freeze.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreezeTarget {
     pub freezer: Freezer,
     pub dir: PathBuf,
+    /// The cgroup's identity when it was resolved; `None` in handles written before it was
+    /// recorded.
+    pub id: Option<CgroupIdentity>,
 }
 
 impl FreezeTarget {
-    /// The undo handle kept in the broker and the state file: `v2:<dir>` or `v1:<dir>`.
+    /// The target at `dir`, with the identity of the cgroup there now.
+    pub fn at(freezer: Freezer, dir: PathBuf) -> FreezeTarget {
+        let id = CgroupIdentity::of(freezer, &dir);
+        FreezeTarget { freezer, dir, id }
+    }
+
+    /// The undo handle kept in the broker and the state file: `v2@<id>:<dir>` or
+    /// `v1@<dev>.<ino>:<dir>` (`v2:<dir>` / `v1:<dir>` without an identity, as older versions
+    /// wrote them).
     pub fn handle(&self) -> String {
         let tag = match self.freezer {
             Freezer::V2 => "v2",
             Freezer::V1 => "v1",
         };
-        format!("{tag}:{}", self.dir.display())
+        match self.id {
+            Some(id) => format!("{tag}@{id}:{}", self.dir.display()),
+            None => format!("{tag}:{}", self.dir.display()),
+        }
     }
 
-    /// Parses [`FreezeTarget::handle`].
+    /// Parses [`FreezeTarget::handle`], old handles without an identity included.
     pub fn from_handle(handle: &str) -> Option<FreezeTarget> {
+        // The tag never holds a ':'; the directory may.
         let (tag, dir) = handle.split_once(':')?;
+        let (tag, id) = match tag.split_once('@') {
+            Some((tag, id)) => (tag, Some(id.parse().ok()?)),
+            None => (tag, None),
+        };
         let freezer = match tag {
             "v2" => Freezer::V2,
             "v1" => Freezer::V1,
@@ -56,6 +130,7 @@ impl FreezeTarget {
         Some(FreezeTarget {
             freezer,
             dir: PathBuf::from(dir),
+            id,
         })
     }
 }
@@ -169,6 +244,22 @@ impl FreezeActuator {
         Ok(target)
     }
 
+    /// Refuses a directory that is not under this host's hierarchy of its kind (a hand-edited
+    /// state file naming another directory).
+    pub(crate) fn check_under_hierarchy(&self, target: &FreezeTarget) -> Result<(), ActionError> {
+        let root = match target.freezer {
+            Freezer::V2 => self.layout.v2_root.as_deref(),
+            Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
+        };
+        if !root.is_some_and(|r| target.dir.starts_with(r)) {
+            return Err(ActionError::InvalidTarget(format!(
+                "{} is not under a cgroup hierarchy of this host",
+                target.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn v2_root(&self) -> Result<&Path, ActionError> {
         self.layout
             .v2_root
@@ -183,10 +274,7 @@ impl FreezeActuator {
             fs::metadata(dir).map(|m| m.ino() == id).unwrap_or(false)
         });
         match found.into_iter().next() {
-            Some(dir) => Ok(FreezeTarget {
-                freezer: Freezer::V2,
-                dir,
-            }),
+            Some(dir) => Ok(FreezeTarget::at(Freezer::V2, dir)),
             None => Err(ActionError::InvalidTarget(format!(
                 "no cgroup with id {id} under {}",
                 root.display()
@@ -209,10 +297,7 @@ impl FreezeActuator {
                 root.display()
             )));
         }
-        Ok(FreezeTarget {
-            freezer: Freezer::V2,
-            dir,
-        })
+        Ok(FreezeTarget::at(Freezer::V2, dir))
     }
 
     fn by_container(&self, id: &str) -> Result<FreezeTarget, ActionError> {
@@ -245,12 +330,7 @@ impl FreezeActuator {
                 .filter(|d| d.components().count() == shallowest)
                 .collect();
             match top.as_slice() {
-                [one] => {
-                    return Ok(FreezeTarget {
-                        freezer,
-                        dir: (*one).clone(),
-                    })
-                }
+                [one] => return Ok(FreezeTarget::at(freezer, (*one).clone())),
                 many => {
                     return Err(ActionError::InvalidTarget(format!(
                         "container id {id:?} is ambiguous: {} cgroups match under {}",
@@ -265,7 +345,7 @@ impl FreezeActuator {
         )))
     }
 
-    fn check_allowed(&self, target: &FreezeTarget) -> Result<(), ActionError> {
+    pub(crate) fn check_allowed(&self, target: &FreezeTarget) -> Result<(), ActionError> {
         let root = match target.freezer {
             Freezer::V2 => self.layout.v2_root.as_deref(),
             Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
@@ -335,6 +415,21 @@ impl FreezeActuator {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Whether a freeze of `target` is requested (`cgroup.freeze` is 1, `freezer.state` is not
+/// THAWED), whether or not the kernel has completed it; `None` when it cannot be read.
+pub fn freeze_requested(target: &FreezeTarget) -> Option<bool> {
+    match target.freezer {
+        Freezer::V2 => {
+            let want = fs::read_to_string(target.dir.join("cgroup.freeze")).ok()?;
+            Some(want.trim() == "1")
+        }
+        Freezer::V1 => {
+            let state = fs::read_to_string(target.dir.join("freezer.state")).ok()?;
+            Some(state.trim() != "THAWED")
         }
     }
 }
@@ -415,21 +510,69 @@ impl Actuator for FreezeActuator {
         let target = FreezeTarget::from_handle(&action.handle).ok_or_else(|| {
             ActionError::Failed(format!("unreadable freeze handle {:?}", action.handle))
         })?;
-        // Never thaw something the freeze actuator would not have frozen (a hand-edited state
-        // file naming another directory).
-        let root = match target.freezer {
-            Freezer::V2 => self.layout.v2_root.as_deref(),
-            Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
-        };
-        if !root.is_some_and(|r| target.dir.starts_with(r)) {
-            return Err(ActionError::InvalidTarget(format!(
-                "{} is not under a cgroup hierarchy of this host",
-                target.dir.display()
-            )));
-        }
+        // Never thaw something the freeze actuator would not have frozen.
+        self.check_under_hierarchy(&target)?;
         self.thaw(&target)?;
         tracing::info!(cgroup = %target.dir.display(), "workload thawed");
         Ok(())
+    }
+
+    /// Freezes the cgroup at the recorded directory again, whichever cgroup is there now (the
+    /// workload's, recreated by a restart, keeps its path; a request by cgroup id could not be
+    /// resolved again). A directory that is gone is resolved from the request as at first,
+    /// which fails with `InvalidTarget` when the workload is gone too.
+    fn reapply(
+        &self,
+        ctx: &ExecContext<'_>,
+        action: &ActiveAction,
+    ) -> Result<Outcome, ActionError> {
+        let Some(old) = FreezeTarget::from_handle(&action.handle) else {
+            return self.execute(ctx, &action.request);
+        };
+        let target = FreezeTarget::at(old.freezer, old.dir.clone());
+        if target.id.is_none() {
+            return self.execute(ctx, &action.request);
+        }
+        self.check_under_hierarchy(&target)?;
+        self.check_allowed(&target)?;
+        if old.id.is_some() && old.id != target.id {
+            tracing::warn!(
+                action_id = ctx.action_id,
+                cgroup = %target.dir.display(),
+                old_id = %old.id.map(|i| i.to_string()).unwrap_or_default(),
+                new_id = %target.id.map(|i| i.to_string()).unwrap_or_default(),
+                "frozen cgroup was recreated; freezing the new one"
+            );
+        }
+        self.freeze(&target)?;
+        Ok(Outcome::Held {
+            handle: target.handle(),
+        })
+    }
+
+    /// Same cgroup (identity as recorded) and its freeze still requested. An old handle has
+    /// no identity; its recreated cgroup shows as thawed.
+    fn holds(&self, action: &ActiveAction) -> Hold {
+        let Some(held) = FreezeTarget::from_handle(&action.handle) else {
+            return Hold::Holds;
+        };
+        let Some(now) = CgroupIdentity::of(held.freezer, &held.dir) else {
+            return Hold::Gone;
+        };
+        if let Some(old) = held.id.filter(|old| *old != now) {
+            return Hold::Recreated {
+                old: old.to_string(),
+                new: now.to_string(),
+            };
+        }
+        match freeze_requested(&held) {
+            Some(true) => Hold::Holds,
+            Some(false) => Hold::Undone {
+                reason: format!("{} is thawed", held.dir.display()),
+            },
+            // Removed between the stat and the read.
+            None => Hold::Gone,
+        }
     }
 }
 
@@ -468,12 +611,39 @@ mod tests {
 
     #[test]
     fn handles_round_trip() {
-        let t = FreezeTarget {
+        let mut t = FreezeTarget {
             freezer: Freezer::V1,
             dir: PathBuf::from("/sys/fs/cgroup/freezer/x:y"),
+            id: Some(CgroupIdentity { dev: 35, ino: 7 }),
         };
+        assert_eq!(t.handle(), "v1@35.7:/sys/fs/cgroup/freezer/x:y");
+        assert_eq!(FreezeTarget::from_handle(&t.handle()), Some(t.clone()));
+        t.freezer = Freezer::V2;
+        t.id = Some(CgroupIdentity { dev: 0, ino: 4242 });
+        assert_eq!(t.handle(), "v2@4242:/sys/fs/cgroup/freezer/x:y");
         assert_eq!(FreezeTarget::from_handle(&t.handle()), Some(t));
         assert_eq!(FreezeTarget::from_handle("v3:/x"), None);
+        assert_eq!(FreezeTarget::from_handle("v2@x1:/x"), None);
+    }
+
+    /// Handles written before the identity was recorded still decode (and re-encode as such).
+    #[test]
+    fn old_handles_without_an_identity_decode() {
+        let old = "v2:/sys/fs/cgroup/unified/system.slice/docker-ab:c.scope";
+        let t = FreezeTarget::from_handle(old).unwrap();
+        assert_eq!(
+            t,
+            FreezeTarget {
+                freezer: Freezer::V2,
+                dir: PathBuf::from("/sys/fs/cgroup/unified/system.slice/docker-ab:c.scope"),
+                id: None,
+            }
+        );
+        assert_eq!(t.handle(), old);
+        assert_eq!(
+            FreezeTarget::from_handle("v1:/f/x").map(|t| (t.freezer, t.id)),
+            Some((Freezer::V1, None))
+        );
     }
 
     #[test]
@@ -484,6 +654,7 @@ mod tests {
             f.check_allowed(&FreezeTarget {
                 freezer: Freezer::V2,
                 dir: PathBuf::from(dir),
+                id: None,
             })
         };
         assert!(matches!(

@@ -315,6 +315,22 @@ pub struct ActiveAction {
     pub handle: String,
 }
 
+/// Whether a held action is still in effect ([`Actuator::holds`]), checked while the daemon
+/// runs so that a workload recreated under the same name does not silently escape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// In place (or nothing this actuator can check).
+    Holds,
+    /// The target was removed and created again at the same place (a restarted container's
+    /// new cgroup): what was held went with the old one. `old` and `new` name the identities.
+    Recreated { old: String, new: String },
+    /// Same target, but the held state was undone outside the broker (a manual thaw, a removed
+    /// pin) or is being released right now by the operator's CLI.
+    Undone { reason: String },
+    /// The target does not exist (a stopped container that may come back).
+    Gone,
+}
+
 /// Carries out one family of actions. Registered per capability; shared by all workers.
 pub trait Actuator: Send + Sync {
     /// Carries the request out. Called only in enforce mode, after the grant and rate checks.
@@ -334,6 +350,17 @@ pub trait Actuator: Send + Sync {
         action: &ActiveAction,
     ) -> Result<Outcome, ActionError> {
         self.execute(ctx, &action.request)
+    }
+
+    /// Whether `action` (held by this actuator, enforced) is still in effect. Called every
+    /// few seconds per held action, so it must stay cheap (a stat, a small read). The default
+    /// cannot tell and says it holds; actuators whose state is tied to a workload that can be
+    /// recreated (freeze, network quarantine) check it, and the broker calls [`reapply`] on
+    /// anything but [`Hold::Holds`] and [`Hold::Gone`].
+    ///
+    /// [`reapply`]: Actuator::reapply
+    fn holds(&self, _action: &ActiveAction) -> Hold {
+        Hold::Holds
     }
 }
 
