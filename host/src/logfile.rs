@@ -22,6 +22,8 @@ pub struct LogFile {
     identity: (u64, u64),
     check_every: Duration,
     last_check: Instant,
+    /// The last byte written was not a newline: a rotation now would split a line.
+    mid_line: bool,
 }
 
 impl LogFile {
@@ -35,6 +37,7 @@ impl LogFile {
             identity,
             check_every,
             last_check: Instant::now(),
+            mid_line: false,
         })
     }
 
@@ -74,16 +77,29 @@ fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
 }
 
 impl Write for LogFile {
-    /// Callers hand over whole lines (or buffers of them), so a rotation is never followed in
-    /// the middle of a line.
+    /// A `BufWriter` above hands its buffer over in `write` calls that may stop mid-line: the
+    /// rotation is only followed at a line boundary, so no line is split across two files.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.follow_rotation();
-        self.file.write(buf)
+        if !self.mid_line {
+            self.follow_rotation();
+        }
+        let n = self.file.write(buf)?;
+        if let Some(last) = buf.get(..n).and_then(<[u8]>::last) {
+            self.mid_line = *last != b'\n';
+        }
+        Ok(n)
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.follow_rotation();
-        self.file.write_all(buf)
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -131,6 +147,23 @@ mod tests {
             .unwrap();
         log.write_all(b"two\n").unwrap();
         assert_eq!(read(&path), "two\n");
+    }
+
+    /// A rotation seen in the middle of a line waits for its end.
+    #[test]
+    fn a_line_is_never_split_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        let mut log = LogFile::open(&path, Duration::ZERO).unwrap();
+        log.write_all(b"first half").unwrap();
+        std::fs::rename(&path, dir.path().join("alerts.jsonl.1")).unwrap();
+        log.write_all(b" second half\n").unwrap();
+        log.write_all(b"next\n").unwrap();
+        assert_eq!(
+            read(&dir.path().join("alerts.jsonl.1")),
+            "first half second half\n"
+        );
+        assert_eq!(read(&path), "next\n");
     }
 
     #[test]

@@ -484,7 +484,7 @@ impl Broker {
                     .find(|a| {
                         a.mode == Mode::Enforce
                             && a.capability == action.capability
-                            && a.handle == action.handle
+                            && super::freeze::same_cgroup(&a.handle, &action.handle)
                     })
                     .map(|a| a.id.clone())
             })
@@ -567,9 +567,15 @@ impl Broker {
             let mut persisted = lock(&self.persisted);
             candidates
                 .difference(&stored)
-                // Still ours: not being released by its responder right now.
-                .filter(|id| persisted.remove(*id))
-                .filter_map(|id| active.remove(id))
+                // Still ours: not being released by its responder right now (that release
+                // took it out of `active` and decides from `persisted` whether to undo it).
+                .filter_map(|id| {
+                    if active.contains_key(id) && persisted.remove(id) {
+                        active.remove(id)
+                    } else {
+                        None
+                    }
+                })
                 .collect()
         };
         for action in &gone {
@@ -680,9 +686,10 @@ impl Broker {
             ..action.clone()
         };
         let other_holder = shared_by_holders(action.capability)
-            && lock(&self.active)
-                .values()
-                .any(|a| a.capability == action.capability && a.handle == updated.handle);
+            && lock(&self.active).values().any(|a| {
+                a.capability == action.capability
+                    && super::freeze::same_cgroup(&a.handle, &updated.handle)
+            });
         if !other_holder {
             if let Err(error) = actuator.release(&updated) {
                 tracing::error!(action_id = %action.id, %error, "action released while it was re-applied, and not undone again");

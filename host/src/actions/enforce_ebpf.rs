@@ -973,7 +973,9 @@ impl HashCheck {
     /// sha256 of `file`, remembered under `key`.
     fn hash_file(&self, file: &fs::File, key: HashCacheKey) -> Option<[u8; 32]> {
         // The event's descriptor is fresh (offset 0) and closed after the verdict.
-        let h = super::quarantine::sha256_of(file).ok()?;
+        use std::io::Read as _;
+        // Capped: a file grown since its size was checked is not read without end.
+        let h = super::quarantine::sha256_of(file.take(HASH_MAX_BYTES)).ok()?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
         let mut cache = lock(&self.cache);
         if cache.len() >= HASH_CACHE_MAX {

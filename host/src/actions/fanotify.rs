@@ -904,6 +904,11 @@ fn exec_checker(s: &Shared) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
+        // Answered by the watchdog while queued: do not spend a hash on it (the job's file
+        // keeps the fd number from being reused, so the lookup names this event).
+        if !lock(&s.pending).contains_key(&job.fd) {
+            continue;
+        }
         let allow = job.check.allow_exec(job.pid, &job.file, &job.meta);
         s.answer(job.fd, allow);
     }

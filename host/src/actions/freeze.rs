@@ -135,6 +135,16 @@ impl FreezeTarget {
     }
 }
 
+/// Whether two freeze handles name the same cgroup directory, whatever identity each recorded:
+/// a stale handle of a recreated cgroup still thaws that directory, so it counts as a holder of
+/// the new one's freeze. Unreadable handles compare as strings.
+pub fn same_cgroup(a: &str, b: &str) -> bool {
+    match (FreezeTarget::from_handle(a), FreezeTarget::from_handle(b)) {
+        (Some(x), Some(y)) => x.freezer == y.freezer && x.dir == y.dir,
+        _ => a == b,
+    }
+}
+
 /// Where the cgroup hierarchies are mounted, and where the daemon itself sits in them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupLayout {
@@ -627,6 +637,26 @@ mod tests {
     }
 
     /// Handles written before the identity was recorded still decode (and re-encode as such).
+    /// A stale handle (the cgroup since recreated) names the same directory as the new one: it
+    /// counts as a holder, since releasing it thaws that directory.
+    #[test]
+    fn handles_of_one_directory_are_the_same_cgroup_whatever_their_identity() {
+        let dir = "/sys/fs/cgroup/unified/system.slice/docker-ab.scope";
+        assert!(same_cgroup(
+            &format!("v2@123:{dir}"),
+            &format!("v2@456:{dir}")
+        ));
+        assert!(same_cgroup(&format!("v2:{dir}"), &format!("v2@456:{dir}")));
+        assert!(!same_cgroup(
+            &format!("v2@1:{dir}"),
+            &format!("v1@1.2:{dir}")
+        ));
+        assert!(!same_cgroup(
+            &format!("v2@1:{dir}"),
+            "v2@1:/sys/fs/cgroup/unified/x"
+        ));
+    }
+
     #[test]
     fn old_handles_without_an_identity_decode() {
         let old = "v2:/sys/fs/cgroup/unified/system.slice/docker-ab:c.scope";
