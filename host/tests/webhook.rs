@@ -342,3 +342,33 @@ fn a_notification_that_keeps_failing_does_not_block_the_others() {
     assert_eq!(sink.pending(), 1);
     assert_eq!(spool_files(spool.path()), 1);
 }
+
+/// While the endpoint is down (connections refused) every notification fails alike: when it
+/// comes back they arrive in the order they were made.
+#[test]
+fn an_outage_keeps_the_order() {
+    let spool = tempfile::tempdir().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sink = WebhookSink::start(settings(addr, spool.path(), WebhookFormat::Generic)).unwrap();
+    for i in 1..=4 {
+        sink.notify("r", "ops", &format!("m{i}"), &format!("a-{i}"))
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    // One failure is enough: a queue that rotated on it would now start at m2.
+    while sink.stats().attempts_failed.load(Ordering::Relaxed) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no retries seen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let receiver = Receiver::start(&addr.to_string(), 0, 200);
+    assert!(sink.flush(Duration::from_secs(10)), "spool not drained");
+    let messages: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.body["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages, ["m1", "m2", "m3", "m4"]);
+}

@@ -387,8 +387,13 @@ fn read_spool(dir: &Path) -> Result<Vec<(PathBuf, Notification)>, WebhookError> 
 /// Result of one POST.
 enum Attempt {
     Delivered(u16),
-    /// Worth retrying: connection error, timeout, 408, 429, 5xx.
-    Retry(String),
+    /// Worth retrying: connection error, timeout (`answered` false: the endpoint is down for
+    /// every notification), or 408, 429, 5xx (`answered`: the endpoint is up and turned this
+    /// one away, maybe for its content).
+    Retry {
+        reason: String,
+        answered: bool,
+    },
     /// The endpoint refused this notification for good.
     Rejected(u16),
 }
@@ -444,7 +449,7 @@ impl Courier {
                     self.queue.pop_front();
                     backoff = self.settings.retry_initial;
                 }
-                Attempt::Retry(reason) => {
+                Attempt::Retry { reason, answered } => {
                     self.stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(id = %n.id, %reason, retry_in_ms = backoff.as_millis() as u64,
                         "webhook: delivery failed, will retry");
@@ -462,11 +467,13 @@ impl Courier {
                         }
                     }
                     backoff = (backoff * 2).min(self.settings.retry_max);
-                    // The failed one goes to the back: a notification the endpoint keeps
-                    // refusing with a 5xx must not hold back every one behind it. (With the
-                    // endpoint down they all fail in turn; a restart resends in spool order.)
-                    if let Some(failed) = self.queue.pop_front() {
-                        self.queue.push_back(failed);
+                    // Turned away by an endpoint that answers: the failed one goes to the back,
+                    // so a notification it keeps refusing does not hold back every one behind
+                    // it. An endpoint that is down fails them all alike: the order is kept.
+                    if answered {
+                        if let Some(failed) = self.queue.pop_front() {
+                            self.queue.push_back(failed);
+                        }
                     }
                 }
             }
@@ -479,7 +486,12 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
     let body = n.body(settings.format);
     let addrs = match (url.host.as_str(), url.port).to_socket_addrs() {
         Ok(a) => a.collect::<Vec<_>>(),
-        Err(e) => return Attempt::Retry(format!("cannot resolve {}: {e}", url.host)),
+        Err(e) => {
+            return Attempt::Retry {
+                reason: format!("cannot resolve {}: {e}", url.host),
+                answered: false,
+            }
+        }
     };
     let mut last = format!("no address for {}", url.host);
     let mut stream = None;
@@ -493,7 +505,10 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
         }
     }
     let Some(mut stream) = stream else {
-        return Attempt::Retry(last);
+        return Attempt::Retry {
+            reason: last,
+            answered: false,
+        };
     };
     let _ = stream.set_read_timeout(Some(settings.timeout));
     let _ = stream.set_write_timeout(Some(settings.timeout));
@@ -512,7 +527,10 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
         .and_then(|()| stream.write_all(body.as_bytes()))
         .and_then(|()| stream.flush())
     {
-        return Attempt::Retry(format!("write: {e}"));
+        return Attempt::Retry {
+            reason: format!("write: {e}"),
+            answered: false,
+        };
     }
     let mut response = Vec::new();
     let mut limited = (&mut stream).take(MAX_RESPONSE);
@@ -527,15 +545,26 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
                     break;
                 }
             }
-            Err(e) => return Attempt::Retry(format!("read: {e}")),
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: format!("read: {e}"),
+                    answered: false,
+                }
+            }
         }
     }
     let Some(status) = parse_status(&response) else {
-        return Attempt::Retry("no HTTP status line in the response".into());
+        return Attempt::Retry {
+            reason: "no HTTP status line in the response".into(),
+            answered: false,
+        };
     };
     match status {
         200..=299 => Attempt::Delivered(status),
-        408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
+        408 | 429 | 500..=599 => Attempt::Retry {
+            reason: format!("HTTP {status}"),
+            answered: true,
+        },
         _ => Attempt::Rejected(status),
     }
 }
