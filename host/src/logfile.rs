@@ -41,10 +41,6 @@ impl LogFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reopens the path when it no longer names the open file. A failed reopen (say the
     /// directory went too) keeps the old file, so the line is still written somewhere, and
     /// is logged; the next check tries again.
@@ -88,18 +84,6 @@ impl Write for LogFile {
             self.mid_line = *last != b'\n';
         }
         Ok(n)
-    }
-
-    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

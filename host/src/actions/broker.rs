@@ -163,13 +163,6 @@ pub fn lifted_only_here(capability: Capability) -> bool {
     capability == Capability::DenyOpen
 }
 
-/// Actions whose undo is not counted by their actuator: two freezes of one cgroup share one
-/// `cgroup.freeze`, so releasing either must not thaw it while the other is held (the broker
-/// undoes only the last one; block-exec and deny-open count their holders themselves).
-fn shared_by_holders(capability: Capability) -> bool {
-    capability == Capability::Freeze
-}
-
 /// Locks a mutex, carrying on with the data if another thread panicked while holding it: the
 /// broker's tables stay consistent between statements, and the daemon must not die of it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -477,19 +470,10 @@ impl Broker {
         if mode == Mode::Monitor {
             return done(action.id);
         }
-        let other_holder = shared_by_holders(action.capability)
-            .then(|| {
-                lock(&self.active)
-                    .values()
-                    .find(|a| {
-                        a.mode == Mode::Enforce
-                            && a.capability == action.capability
-                            && super::freeze::same_cgroup(&a.handle, &action.handle)
-                    })
-                    .map(|a| a.id.clone())
-            })
-            .flatten();
-        let result = match (other_holder, self.actuators.get(&action.capability)) {
+        let result = match (
+            self.other_holder(&action),
+            self.actuators.get(&action.capability),
+        ) {
             (Some(holder), _) => {
                 tracing::info!(action_id = %action.id, still_held_by = %holder, "released; the workload stays as the other action holds it");
                 Ok(())
@@ -539,6 +523,21 @@ impl Broker {
             tracing::warn!("a state file was already attached; keeping the first");
         }
         Ok(loaded)
+    }
+
+    /// Another enforced active action holding the state `action` holds ([`Actuator::shares_state`]:
+    /// two freezes of one cgroup), which undoing `action` must leave in place.
+    fn other_holder(&self, action: &ActiveAction) -> Option<String> {
+        let actuator = self.actuators.get(&action.capability)?;
+        lock(&self.active)
+            .values()
+            .find(|a| {
+                a.id != action.id
+                    && a.mode == Mode::Enforce
+                    && a.capability == action.capability
+                    && actuator.shares_state(a, action)
+            })
+            .map(|a| a.id.clone())
     }
 
     /// Catches up with `palisade actions release` run while this daemon runs: an action the
@@ -685,12 +684,7 @@ impl Broker {
             handle: handle.clone(),
             ..action.clone()
         };
-        let other_holder = shared_by_holders(action.capability)
-            && lock(&self.active).values().any(|a| {
-                a.capability == action.capability
-                    && super::freeze::same_cgroup(&a.handle, &updated.handle)
-            });
-        if !other_holder {
+        if self.other_holder(&updated).is_none() {
             if let Err(error) = actuator.release(&updated) {
                 tracing::error!(action_id = %action.id, %error, "action released while it was re-applied, and not undone again");
             }
@@ -960,6 +954,9 @@ mod tests {
             Ok(Outcome::Held {
                 handle: format!("map-key-{}", ctx.action_id),
             })
+        }
+        fn shares_state(&self, a: &ActiveAction, b: &ActiveAction) -> bool {
+            a.handle == b.handle
         }
         fn release(&self, action: &ActiveAction) -> Result<(), ActionError> {
             if self.fail_release {

@@ -823,13 +823,10 @@ impl Resolved {
                 }
                 self.add_opened(path, opened.fd);
             }
-            Err(SafePathError::UntrustedSymlink { link, uid, .. }) => {
-                tracing::warn!(
-                    path,
-                    link = %link.display(),
-                    owner_uid = uid,
-                    "block-exec path goes through a symlink not owned by root: only this exact \
-                     path string is blocked, not the file it leads to"
+            Err(e @ SafePathError::UntrustedSymlink { .. }) => {
+                e.warn_if_untrusted(
+                    "block-exec",
+                    "only this exact path string is blocked, not the file it leads to",
                 );
                 self.keys.paths.push(path.to_owned());
             }
@@ -1589,9 +1586,7 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let link_str = link.to_str().unwrap();
-        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::pack::permissions::effective_uid() == 0;
         if root {
             // A root-owned link is followed: the target's identity and canonical path too.
             let mut r = Resolved::default();
@@ -1634,9 +1629,7 @@ mod tests {
         let canonical = fs::canonicalize(&real).unwrap();
         assert!(keys.contains(&link.display().to_string()));
         // The canonical form only through a root-owned link (the test's own link when root).
-        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::pack::permissions::effective_uid() == 0;
         assert_eq!(
             keys.contains(&canonical.display().to_string()),
             root,
@@ -1737,9 +1730,7 @@ mod tests {
         let meta = fs::metadata(&real).unwrap();
         let id = file_identity(&real).unwrap();
         assert_eq!(id.ino, meta.ino());
-        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::pack::permissions::effective_uid() == 0;
         if root {
             assert_eq!(file_identity(&link).map(|k| k.ino), Some(meta.ino()));
             std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();

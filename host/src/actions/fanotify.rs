@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::safe_path::{self, SafePathError};
+use super::safe_path;
 use super::{ActionError, ActionRequest, ActiveAction, Actuator, ExecContext, Outcome};
 use crate::mountinfo::{self, Mount, MountinfoError};
 
@@ -437,14 +437,7 @@ impl OpenDenier {
         let opened = match safe_path::open(path) {
             Ok(opened) => opened,
             Err(e) => {
-                if let SafePathError::UntrustedSymlink { link, uid, .. } = &e {
-                    tracing::warn!(
-                        path = %path.display(),
-                        link = %link.display(),
-                        owner_uid = uid,
-                        "deny-open refused: the path goes through a symlink not owned by root"
-                    );
-                }
+                e.warn_if_untrusted("deny-open", "refused");
                 return Err(target(e.to_string()));
             }
         };
@@ -781,6 +774,13 @@ impl Shared {
         Decision::Answer(true)
     }
 
+    /// Answers event `fd`, already taken out of `pending`, with the timeout default `allow`,
+    /// counted before the answer so the count is visible once the opener returns.
+    fn answer_default(&self, fd: RawFd, allow: bool) {
+        self.stats.defaulted.fetch_add(1, Ordering::Relaxed);
+        self.respond(fd, allow);
+    }
+
     /// Answers event `fd` unless the watchdog did already.
     fn answer(&self, fd: RawFd, allow: bool) {
         if lock(&self.pending).remove(&fd).is_some() {
@@ -878,8 +878,7 @@ fn reader(s: &Shared) {
                             "exec check: every checker busy, answered with the timeout default"
                         );
                         if lock(&s.pending).remove(&job.fd).is_some() {
-                            s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
-                            s.respond(job.fd, allow);
+                            s.answer_default(job.fd, allow);
                         }
                     }
                 }
@@ -940,9 +939,7 @@ fn watchdog(s: &Shared) {
                 allow,
                 "deny-open: reader late, answered with the timeout default"
             );
-            // Counted before answering so the count is visible once the opener returns.
-            s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
-            s.respond(fd, allow);
+            s.answer_default(fd, allow);
             drop(p.file);
         }
         // A reader wedged before reading: drain the queue with the default.
@@ -955,8 +952,7 @@ fn watchdog(s: &Shared) {
                     allow,
                     "deny-open: reader stalled, answered with the timeout default"
                 );
-                s.stats.defaulted.fetch_add(1, Ordering::Relaxed);
-                s.respond(fd, allow);
+                s.answer_default(fd, allow);
                 drop(file);
             }
         }

@@ -138,7 +138,7 @@ impl FreezeTarget {
 /// Whether two freeze handles name the same cgroup directory, whatever identity each recorded:
 /// a stale handle of a recreated cgroup still thaws that directory, so it counts as a holder of
 /// the new one's freeze. Unreadable handles compare as strings.
-pub fn same_cgroup(a: &str, b: &str) -> bool {
+fn same_cgroup(a: &str, b: &str) -> bool {
     match (FreezeTarget::from_handle(a), FreezeTarget::from_handle(b)) {
         (Some(x), Some(y)) => x.freezer == y.freezer && x.dir == y.dir,
         _ => a == b,
@@ -501,6 +501,11 @@ fn walk_dirs(root: &Path, pred: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
 }
 
 impl Actuator for FreezeActuator {
+    /// Two freezes of one cgroup share its `cgroup.freeze` (see [`same_cgroup`]).
+    fn shares_state(&self, a: &ActiveAction, b: &ActiveAction) -> bool {
+        same_cgroup(&a.handle, &b.handle)
+    }
+
     fn execute(&self, _ctx: &ExecContext<'_>, req: &ActionRequest) -> Result<Outcome, ActionError> {
         let ActionRequest::Freeze(workload) = req else {
             return Err(ActionError::Failed(format!(

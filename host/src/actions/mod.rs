@@ -352,6 +352,14 @@ pub trait Actuator: Send + Sync {
         self.execute(ctx, &action.request)
     }
 
+    /// Whether `a` and `b` (both held by this actuator) hold one piece of state, so that
+    /// undoing either would undo both: the broker then undoes only the last of them. The
+    /// default is no: an actuator that counts its holders itself (block-exec's map, deny-open's
+    /// marks) or holds nothing shared.
+    fn shares_state(&self, _a: &ActiveAction, _b: &ActiveAction) -> bool {
+        false
+    }
+
     /// Whether `action` (held by this actuator, enforced) is still in effect. Called every
     /// few seconds per held action, so it must stay cheap (a stat, a small read). The default
     /// cannot tell and says it holds; actuators whose state is tied to a workload that can be

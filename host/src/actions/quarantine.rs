@@ -379,15 +379,10 @@ fn file_stem_for(action_id: &str) -> String {
 /// The refusal of a path through a symlink not owned by root, logged; `None` for other
 /// resolution errors.
 fn unsafe_path_error(op: &str, e: &SafePathError) -> Option<ActionError> {
-    let SafePathError::UntrustedSymlink { path, link, uid } = e else {
+    if !matches!(e, SafePathError::UntrustedSymlink { .. }) {
         return None;
-    };
-    tracing::warn!(
-        path = %path.display(),
-        link = %link.display(),
-        owner_uid = uid,
-        "{op} refused: the path goes through a symlink not owned by root"
-    );
+    }
+    e.warn_if_untrusted(op, "refused");
     Some(ActionError::InvalidTarget(format!("{op} refused: {e}")))
 }
 

@@ -50,6 +50,20 @@ pub enum SafePathError {
 }
 
 impl SafePathError {
+    /// Logs a path refused for going through a symlink not owned by root: a user steering
+    /// what root acts on is worth a warning. `op` names the action, `instead` what it does
+    /// about it. Other errors are the caller's to report.
+    pub fn warn_if_untrusted(&self, op: &str, instead: &str) {
+        if let SafePathError::UntrustedSymlink { path, link, uid } = self {
+            tracing::warn!(
+                path = %path.display(),
+                link = %link.display(),
+                owner_uid = uid,
+                "{op}: the path goes through a symlink not owned by root; {instead}"
+            );
+        }
+    }
+
     /// Whether the walk stopped because a name along the path does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, SafePathError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
@@ -260,9 +274,7 @@ mod tests {
     use std::os::unix::fs::{lchown, symlink};
 
     fn is_root() -> bool {
-        #[expect(unsafe_code, reason = "geteuid has no safe wrapper in std")]
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = crate::pack::permissions::effective_uid();
         euid == 0
     }
 
