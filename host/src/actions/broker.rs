@@ -376,6 +376,12 @@ impl Broker {
         }
     }
 
+    /// Drops an action that holds nothing any more, from memory and from the state file.
+    fn forget(&self, id: &str) {
+        lock(&self.active).remove(id);
+        self.unpersist(id);
+    }
+
     fn unpersist(&self, id: &str) {
         if let Some(store) = self.store.get() {
             match store.remove(id) {
@@ -617,8 +623,7 @@ impl Broker {
                 }
                 Ok(Outcome::Done) => {
                     summary.dropped += 1;
-                    lock(&self.active).remove(&action.id);
-                    self.unpersist(&action.id);
+                    self.forget(&action.id);
                     Ok(Receipt {
                         id: action.id.clone(),
                         mode: Mode::Enforce,
@@ -627,8 +632,7 @@ impl Broker {
                 Err(e @ ActionError::InvalidTarget(_)) => {
                     summary.dropped += 1;
                     tracing::warn!(action_id = %action.id, error = %e, "persisted action dropped: its target is gone");
-                    lock(&self.active).remove(&action.id);
-                    self.unpersist(&action.id);
+                    self.forget(&action.id);
                     Err(e)
                 }
                 Err(e) => {
@@ -764,8 +768,7 @@ impl Broker {
                 // Nothing left to hold (no actuator answers this today): as at start.
                 Ok(Outcome::Done) => {
                     lock(&self.lapses).remove(&action.id);
-                    lock(&self.active).remove(&action.id);
-                    self.unpersist(&action.id);
+                    self.forget(&action.id);
                     Ok(Receipt {
                         id: action.id.clone(),
                         mode: Mode::Enforce,

@@ -257,10 +257,7 @@ impl FreezeActuator {
     /// Refuses a directory that is not under this host's hierarchy of its kind (a hand-edited
     /// state file naming another directory).
     pub(crate) fn check_under_hierarchy(&self, target: &FreezeTarget) -> Result<(), ActionError> {
-        let root = match target.freezer {
-            Freezer::V2 => self.layout.v2_root.as_deref(),
-            Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
-        };
+        let root = self.root_of(target.freezer);
         if !root.is_some_and(|r| target.dir.starts_with(r)) {
             return Err(ActionError::InvalidTarget(format!(
                 "{} is not under a cgroup hierarchy of this host",
@@ -355,11 +352,16 @@ impl FreezeActuator {
         )))
     }
 
-    pub(crate) fn check_allowed(&self, target: &FreezeTarget) -> Result<(), ActionError> {
-        let root = match target.freezer {
+    /// Where the hierarchy of `freezer` is mounted here, if it is.
+    fn root_of(&self, freezer: Freezer) -> Option<&Path> {
+        match freezer {
             Freezer::V2 => self.layout.v2_root.as_deref(),
             Freezer::V1 => self.layout.v1_freezer_root.as_deref(),
-        };
+        }
+    }
+
+    pub(crate) fn check_allowed(&self, target: &FreezeTarget) -> Result<(), ActionError> {
+        let root = self.root_of(target.freezer);
         if root == Some(target.dir.as_path()) {
             return Err(ActionError::InvalidTarget(format!(
                 "{} is the root cgroup; it is never frozen",

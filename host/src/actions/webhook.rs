@@ -398,6 +398,17 @@ enum Attempt {
     Rejected(u16),
 }
 
+impl Attempt {
+    /// The endpoint could not be reached or did not answer: a `Retry` that says nothing about
+    /// this notification in particular.
+    fn unreachable(reason: String) -> Attempt {
+        Attempt::Retry {
+            reason,
+            answered: false,
+        }
+    }
+}
+
 struct Courier {
     url: HttpUrl,
     settings: WebhookSettings,
@@ -486,12 +497,7 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
     let body = n.body(settings.format);
     let addrs = match (url.host.as_str(), url.port).to_socket_addrs() {
         Ok(a) => a.collect::<Vec<_>>(),
-        Err(e) => {
-            return Attempt::Retry {
-                reason: format!("cannot resolve {}: {e}", url.host),
-                answered: false,
-            }
-        }
+        Err(e) => return Attempt::unreachable(format!("cannot resolve {}: {e}", url.host)),
     };
     let mut last = format!("no address for {}", url.host);
     let mut stream = None;
@@ -505,10 +511,7 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
         }
     }
     let Some(mut stream) = stream else {
-        return Attempt::Retry {
-            reason: last,
-            answered: false,
-        };
+        return Attempt::unreachable(last);
     };
     let _ = stream.set_read_timeout(Some(settings.timeout));
     let _ = stream.set_write_timeout(Some(settings.timeout));
@@ -527,10 +530,7 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
         .and_then(|()| stream.write_all(body.as_bytes()))
         .and_then(|()| stream.flush())
     {
-        return Attempt::Retry {
-            reason: format!("write: {e}"),
-            answered: false,
-        };
+        return Attempt::unreachable(format!("write: {e}"));
     }
     let mut response = Vec::new();
     let mut limited = (&mut stream).take(MAX_RESPONSE);
@@ -545,19 +545,11 @@ fn post(url: &HttpUrl, settings: &WebhookSettings, n: &Notification) -> Attempt 
                     break;
                 }
             }
-            Err(e) => {
-                return Attempt::Retry {
-                    reason: format!("read: {e}"),
-                    answered: false,
-                }
-            }
+            Err(e) => return Attempt::unreachable(format!("read: {e}")),
         }
     }
     let Some(status) = parse_status(&response) else {
-        return Attempt::Retry {
-            reason: "no HTTP status line in the response".into(),
-            answered: false,
-        };
+        return Attempt::unreachable("no HTTP status line in the response".into());
     };
     match status {
         200..=299 => Attempt::Delivered(status),
